@@ -13,6 +13,22 @@ from typing import Any, Iterator, Union
 PathLike = Union[str, Path]
 
 
+def _umask() -> int:
+    umask = os.umask(0)
+    os.umask(umask)
+    return umask
+
+
+def _default_file_mode() -> int:
+    """The mode ``open()`` would give a new file: mkstemp makes 0600 files, which would hide results from colleagues."""
+    return 0o666 & ~_umask()
+
+
+def _default_dir_mode() -> int:
+    """The mode ``mkdir`` would give a new folder (mkdtemp makes 0700 ones)."""
+    return 0o777 & ~_umask()
+
+
 def atomic_write_text(path: PathLike, text: str) -> None:
     """Write ``text`` (UTF-8) to ``path`` atomically (see :func:`atomic_write_bytes`)."""
     atomic_write_bytes(path, text.encode("utf-8"))
@@ -28,6 +44,7 @@ def atomic_write_bytes(path: PathLike, data: bytes) -> None:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
+        os.chmod(tmp, _default_file_mode())
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
@@ -54,6 +71,7 @@ def atomic_directory(final: PathLike, overwrite: bool = False) -> Iterator[Path]
     tmp = Path(tempfile.mkdtemp(dir=final.parent, prefix=f".{final.name}.", suffix=".partial"))
     try:
         yield tmp
+        os.chmod(tmp, _default_dir_mode())
         if final.exists():
             old = final.with_name(f".{final.name}.old")
             shutil.rmtree(old, ignore_errors=True)

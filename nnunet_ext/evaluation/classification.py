@@ -1,0 +1,180 @@
+"""Binary classification metrics from predicted probabilities of the positive class (Task 1: infarct).
+
+A case is called positive when its probability is at least the threshold (``y_prob >= threshold``),
+the convention of :func:`sklearn.metrics.roc_curve`, so that a threshold read off the ROC curve
+reproduces the operating point it was read from.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numpy.typing import ArrayLike
+from sklearn.metrics import average_precision_score, confusion_matrix, roc_auc_score, roc_curve
+
+from nnunet_ext.evaluation._common import paired_vectors, undefined
+
+#: The threshold used when none was tuned: the one that maximises accuracy for calibrated probabilities.
+DEFAULT_THRESHOLD = 0.5
+
+#: Keys of :func:`classification_metrics` that are performance metrics (and get confidence intervals);
+#: the remaining keys describe the data (case counts, confusion-matrix cells, the threshold).
+CLASSIFICATION_METRICS = (
+    "accuracy",
+    "balanced_accuracy",
+    "precision",
+    "sensitivity",
+    "specificity",
+    "f1",
+    "auroc",
+    "average_precision",
+)
+
+
+def _binary_inputs(y_true: ArrayLike, y_prob: ArrayLike) -> tuple[np.ndarray, np.ndarray]:
+    """Validate labels in {0, 1} and probabilities in [0, 1]; return them as (int, float) arrays."""
+    labels, probs = paired_vectors(y_true, y_prob, ("y_true", "y_prob"))
+    if not np.all(np.isin(labels, (0, 1))):
+        raise ValueError(f"y_true must hold 0 and 1 only, got values {np.unique(labels).tolist()}")
+    if probs.min() < 0 or probs.max() > 1:
+        raise ValueError(f"y_prob must lie in [0, 1], got range [{probs.min()}, {probs.max()}]")
+    return labels.astype(int), probs
+
+
+def _ratio(metric: str, numerator: int, denominator: int, reason: str) -> float:
+    """``numerator / denominator``, or NaN (with ``reason``) when the denominator is zero."""
+    return numerator / denominator if denominator else undefined(metric, reason)
+
+
+def confusion_counts(y_true: ArrayLike, y_prob: ArrayLike, threshold: float = DEFAULT_THRESHOLD) -> dict[str, int]:
+    """Count true negatives, false positives, false negatives and true positives at a threshold.
+
+    Parameters
+    ----------
+    y_true : array-like of shape (n_cases,)
+        Reference labels, 0 (negative) or 1 (positive).
+    y_prob : array-like of shape (n_cases,)
+        Predicted probability of the positive class, in [0, 1].
+    threshold : float, default=0.5
+        A case is predicted positive when ``y_prob >= threshold``.
+
+    Returns
+    -------
+    dict
+        ``{"tn", "fp", "fn", "tp"}`` as ints. In the matrix layout of
+        :func:`sklearn.metrics.confusion_matrix` this is ``[[tn, fp], [fn, tp]]``
+        (rows: reference, columns: prediction).
+    """
+    return _confusion_counts(*_binary_inputs(y_true, y_prob), threshold)
+
+
+def _confusion_counts(labels: np.ndarray, probs: np.ndarray, threshold: float) -> dict[str, int]:
+    """:func:`confusion_counts` on validated inputs."""
+    predicted = (probs >= threshold).astype(int)
+    # labels=[0, 1] keeps the 2x2 layout when a class is absent from both labels and predictions.
+    tn, fp, fn, tp = confusion_matrix(labels, predicted, labels=[0, 1]).ravel()
+    return {"tn": int(tn), "fp": int(fp), "fn": int(fn), "tp": int(tp)}
+
+
+def youden_threshold(y_true: ArrayLike, y_prob: ArrayLike) -> float:
+    """Threshold that maximises Youden's J = sensitivity + specificity - 1 on the ROC curve.
+
+    Tune it on validation (out-of-fold) predictions and apply it unchanged to the test set; tuning on
+    the test set would make the test metrics optimistic.
+
+    Parameters
+    ----------
+    y_true : array-like of shape (n_cases,)
+        Reference labels, 0 or 1; both classes must be present.
+    y_prob : array-like of shape (n_cases,)
+        Predicted probability of the positive class.
+
+    Returns
+    -------
+    float
+        One of the predicted probabilities: calling ``y_prob >= threshold`` positive reaches the
+        maximal J. Of several thresholds with the same J, the highest (the most specific) is returned.
+
+    Raises
+    ------
+    ValueError
+        If ``y_true`` holds one class only: sensitivity or specificity, hence J, is then undefined.
+        Choosing a threshold anyway (0.5, say) is the caller's decision, not a silent default here.
+    """
+    labels, probs = _binary_inputs(y_true, y_prob)
+    if np.unique(labels).size < 2:
+        raise ValueError("Youden's threshold needs both classes in y_true; only one is present")
+    fpr, tpr, thresholds = roc_curve(labels, probs, drop_intermediate=False)
+    # The first ROC point has threshold +inf (no case called positive); skipping it keeps the
+    # result an attainable probability. Its J is 0, which the last point (all positive) also reaches.
+    youden_j = tpr[1:] - fpr[1:]
+    return float(thresholds[1:][np.argmax(youden_j)])
+
+
+def classification_metrics(
+    y_true: ArrayLike, y_prob: ArrayLike, threshold: float = DEFAULT_THRESHOLD
+) -> dict[str, float | int]:
+    """All binary classification metrics of one set of predictions.
+
+    Threshold-dependent metrics, with TP, FP, TN, FN counted at ``y_prob >= threshold``:
+
+    - accuracy = (TP + TN) / n
+    - sensitivity (recall, true-positive rate) = TP / (TP + FN); undefined without positive cases
+    - specificity (true-negative rate) = TN / (TN + FP); undefined without negative cases
+    - precision (positive predictive value) = TP / (TP + FP); undefined when no case is called positive
+    - balanced_accuracy = (sensitivity + specificity) / 2; undefined when either is
+    - f1 = 2 TP / (2 TP + FP + FN); undefined when there are no positives in labels or predictions
+
+    Threshold-free metrics, from the probabilities:
+
+    - auroc: area under the ROC curve (:func:`sklearn.metrics.roc_auc_score`); undefined with one class
+    - average_precision: area under the precision-recall curve as a step function
+      (:func:`sklearn.metrics.average_precision_score`); undefined without positive cases
+
+    Undefined metrics are NaN, with the reason given as an
+    :class:`~sklearn.exceptions.UndefinedMetricWarning`.
+
+    Parameters
+    ----------
+    y_true : array-like of shape (n_cases,)
+        Reference labels, 0 (negative) or 1 (positive).
+    y_prob : array-like of shape (n_cases,)
+        Predicted probability of the positive class, in [0, 1].
+    threshold : float, default=0.5
+        Decision threshold; e.g. :func:`youden_threshold` of the validation folds.
+
+    Returns
+    -------
+    dict
+        The metrics of :data:`CLASSIFICATION_METRICS` (floats in [0, 1] or NaN) and the descriptive
+        entries ``threshold``, ``n``, ``n_positive`` and the confusion-matrix cells ``tn``, ``fp``,
+        ``fn``, ``tp`` (ints).
+    """
+    labels, probs = _binary_inputs(y_true, y_prob)
+    counts = _confusion_counts(labels, probs, threshold)
+    tn, fp, fn, tp = counts["tn"], counts["fp"], counts["fn"], counts["tp"]
+    n_positive = tp + fn
+    n_negative = tn + fp
+
+    sensitivity = _ratio("sensitivity", tp, n_positive, "no positive cases in y_true")
+    specificity = _ratio("specificity", tn, n_negative, "no negative cases in y_true")
+    both_classes = n_positive > 0 and n_negative > 0
+    return {
+        "threshold": float(threshold),
+        "n": labels.size,
+        "n_positive": n_positive,
+        **counts,
+        "accuracy": (tp + tn) / labels.size,
+        "balanced_accuracy": (sensitivity + specificity) / 2,
+        "precision": _ratio("precision", tp, tp + fp, f"no case has y_prob >= {threshold}"),
+        "sensitivity": sensitivity,
+        "specificity": specificity,
+        "f1": _ratio("f1", 2 * tp, 2 * tp + fp + fn, "no positive cases in y_true or in the predictions"),
+        "auroc": (
+            float(roc_auc_score(labels, probs)) if both_classes else undefined("auroc", "y_true holds one class only")
+        ),
+        "average_precision": (
+            float(average_precision_score(labels, probs))
+            if n_positive
+            else undefined("average_precision", "no positive cases in y_true")
+        ),
+    }

@@ -1,0 +1,118 @@
+"""Turning metrics into JSON for machines and Markdown tables for people."""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Mapping
+
+import numpy as np
+
+#: Row labels of the Markdown tables, with units where the metric has one. A metric missing here
+#: is shown under its key.
+METRIC_LABELS = {
+    "accuracy": "Accuracy",
+    "balanced_accuracy": "Balanced accuracy",
+    "precision": "Precision (PPV)",
+    "sensitivity": "Sensitivity (recall)",
+    "specificity": "Specificity",
+    "f1": "F1",
+    "auroc": "AUROC",
+    "average_precision": "Average precision",
+    "dice": "Dice",
+    "iou": "IoU",
+    "hd95": "HD95 (mm)",
+    "assd": "ASSD (mm)",
+    "nsd": "NSD",
+    "mae": "MAE",
+    "rmse": "RMSE",
+    "r2": "R²",
+    "pearson_r": "Pearson r",
+    "spearman_rho": "Spearman ρ",
+    "mean_error": "Mean error (bias)",
+}
+
+#: How an undefined (NaN) value appears in a table.
+UNDEFINED_TEXT = "undefined"
+
+
+def json_safe(obj: Any) -> Any:
+    """Convert metrics to plain JSON types: NaN and infinities become None (``null``), numpy values Python ones.
+
+    ``json.dumps`` would write ``NaN``, which is not JSON and which many readers refuse.
+
+    Parameters
+    ----------
+    obj : Any
+        Nested dicts, lists and tuples of numbers, strings, booleans, None and numpy scalars or arrays.
+
+    Returns
+    -------
+    Any
+        The same structure with dicts, lists, str, int, float (finite), bool and None only.
+    """
+    if isinstance(obj, Mapping):
+        return {str(key): json_safe(value) for key, value in obj.items()}
+    if isinstance(obj, (list, tuple, np.ndarray)):
+        return [json_safe(value) for value in obj]
+    if isinstance(obj, np.generic):
+        obj = obj.item()
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    return obj
+
+
+def _format_value(value: float | None, digits: int) -> str:
+    """``value`` to ``digits`` decimals, or :data:`UNDEFINED_TEXT` for NaN (None once through JSON)."""
+    return UNDEFINED_TEXT if value is None or math.isnan(value) else f"{value:.{digits}f}"
+
+
+def format_metrics_table(
+    results: Mapping[str, Mapping[str, Mapping[str, float]]], confidence: float = 0.95, digits: int = 3
+) -> str:
+    """A Markdown table of metrics with confidence intervals, one row per metric and one column per model.
+
+    A caption line states the coverage; each cell reads ``value [low, high]``; undefined values read
+    ``undefined``. Below the table, a note names each metric whose interval skipped resamples on which
+    it was undefined.
+
+    Parameters
+    ----------
+    results : dict
+        ``{model_name: metrics_with_ci(...)}``, e.g. ``{"fold 0": ..., "ensemble": ...}``; the rows are
+        the metrics of the first model.
+    confidence : float, default=0.95
+        Coverage the intervals were computed with, for the header.
+    digits : int, default=3
+        Decimal places.
+
+    Returns
+    -------
+    str
+        Markdown text ending with a newline.
+    """
+    if not results:
+        raise ValueError("no results to tabulate")
+    models = list(results)
+    names = list(results[models[0]])
+    lines = [
+        f"Value [{confidence:.0%} bootstrap confidence interval] on all cases.",
+        "",
+        f"| Metric | {' | '.join(models)} |",
+        "|---" * (len(models) + 1) + "|",
+    ]
+    notes = []
+    for name in names:
+        cells = []
+        for model in models:
+            entry = results[model][name]
+            value, low, high = (_format_value(entry[key], digits) for key in ("value", "ci_low", "ci_high"))
+            cells.append(f"{value} [{low}, {high}]")
+            if entry.get("n_undefined_resamples"):
+                notes.append(
+                    f"{model}, {METRIC_LABELS.get(name, name)}: undefined on "
+                    f"{entry['n_undefined_resamples']} bootstrap resamples, which the interval leaves out."
+                )
+        lines.append(f"| {METRIC_LABELS.get(name, name)} | {' | '.join(cells)} |")
+    if notes:
+        lines += [""] + [f"- {note}" for note in notes]
+    return "\n".join(lines) + "\n"
