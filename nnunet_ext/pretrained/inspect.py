@@ -1,0 +1,134 @@
+"""``fomo_inspect_checkpoint``: what a checkpoint holds and which FOMO tasks it can initialise."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from nnunet_ext.dataset_conversion.tasks import SEGMENTATION, TASKS
+from nnunet_ext.errors import FomoInputError, cli_entry
+from nnunet_ext.networks.unet import FOMO_N_STAGES, FomoUNet
+from nnunet_ext.pretrained import fomo_layout
+from nnunet_ext.pretrained.checkpoint_io import load_fomo_state_dict, sha256_of_file
+from nnunet_ext.pretrained.key_mapping import to_fomo_names, transfer_fomo_weights
+from nnunet_ext.pretrained.report import ADAPTED
+from nnunet_ext.utils.files import PathLike
+
+#: Hyper-parameters worth showing (FOMO's Lightning module saves these among others).
+HPARAMS_OF_INTEREST = ("model_name", "patch_size", "epochs", "warmup_epochs", "learning_rate", "optimizer",
+                       "input_channels", "num_classes", "mask_ratio", "mask_patch_size")
+#: How many differing keys the human-readable output lists per kind.
+_SHOWN_KEYS = 5
+
+
+def inspect_checkpoint(path: PathLike, trust_checkpoint: bool = False) -> dict[str, Any]:
+    """Describe a checkpoint: format, architecture, layout match, hyper-parameters, task compatibility."""
+    state_dict, metadata = load_fomo_state_dict(path, trust_checkpoint)
+    source, our_extras = to_fomo_names(state_dict)
+    layout = fomo_layout.detect_layout(source)
+    hyper_parameters = metadata["hyper_parameters"]
+    info: dict[str, Any] = {
+        "checkpoint": str(path),
+        "sha256": sha256_of_file(path),
+        "format": metadata["format"],
+        "epoch": metadata["epoch"],
+        "tensors": len(source),
+        "parameters": sum(tensor.numel() for tensor in source.values()),
+        "keys_without_fomo_counterpart": our_extras,
+        "hyper_parameters": {key: hyper_parameters[key] for key in HPARAMS_OF_INTEREST if key in hyper_parameters},
+    }
+    if layout is None:
+        info.update(architecture=fomo_layout.UNKNOWN, decoder_layout=fomo_layout.UNKNOWN, starting_filters=None,
+                    input_channels=None, matches_fomo_layout=False, layout_differences={}, tasks={})
+        return info
+    differences = fomo_layout.layout_mismatches(source, layout)
+    info.update(
+        architecture=fomo_layout.architecture_name(layout.starting_filters),
+        decoder_layout=fomo_layout.decoder_layout_name(layout.decoder_convs),
+        starting_filters=layout.starting_filters,
+        input_channels=layout.input_channels,
+        matches_fomo_layout=not any(differences.values()),
+        layout_differences={kind: keys for kind, keys in differences.items() if keys},
+        tasks={task_id: _task_compatibility(task_id, state_dict, layout) for task_id in TASKS},
+    )
+    return info
+
+
+def _task_compatibility(task_id: int, state_dict: Mapping[str, torch.Tensor], layout: fomo_layout.FomoLayout
+                        ) -> dict[str, Any]:
+    """Try the real transfer into the network task ``task_id`` would use; report whether and how it works."""
+    task = TASKS[task_id]
+    network = FomoUNet(len(task.channels), task.num_classes, starting_filters=layout.starting_filters,
+                       decoder_convs=layout.decoder_convs, task_type=task.task_type, n_stages=FOMO_N_STAGES)
+    result = {"task_type": task.task_type, "input_channels": len(task.channels),
+              "network": {"starting_filters": layout.starting_filters, "decoder_convs": layout.decoder_convs}}
+    try:
+        report = transfer_fomo_weights(network, state_dict)
+    except FomoInputError as e:
+        return {**result, "can_initialise": False, "how": str(e).splitlines()[0]}
+    segmentation = task.task_type == SEGMENTATION
+    parts = "encoder and decoder" if segmentation else "encoder (decoder unused)"
+    build = f"starting_filters={layout.starting_filters}" + (
+        f", decoder_convs={layout.decoder_convs}" if segmentation else "")
+    how = (f"{parts}: {report.transferred}/{report.transferable} tensors"
+           + (f", stem adapted {layout.input_channels} -> {len(task.channels)} channels"
+              if report.keys_with(ADAPTED) else "")
+           + (", output conv re-initialised" if segmentation else ", new head")
+           + f" (FomoUNet {build})")
+    return {**result, "can_initialise": True, "how": how}
+
+
+def format_inspection(info: dict[str, Any]) -> str:
+    """Human-readable lines for :func:`inspect_checkpoint`'s result."""
+    lines = [
+        f"checkpoint:       {info['checkpoint']}",
+        f"sha256:           {info['sha256']}",
+        f"format:           {info['format']}" + (f" (epoch {info['epoch']})" if info["epoch"] is not None else ""),
+        f"architecture:     {info['architecture']}, decoder layout {info['decoder_layout']}",
+        f"starting filters: {info['starting_filters']}",
+        f"input channels:   {info['input_channels']}",
+        f"tensors:          {info['tensors']} ({info['parameters']:,} parameters)"
+        + (f", plus {len(info['keys_without_fomo_counterpart'])} of our own heads"
+           if info["keys_without_fomo_counterpart"] else ""),
+        f"FOMO layout:      {'exact match' if info['matches_fomo_layout'] else 'DIFFERS'}",
+    ]
+    for kind, keys in info["layout_differences"].items():
+        more = f" and {len(keys) - _SHOWN_KEYS} more" if len(keys) > _SHOWN_KEYS else ""
+        lines.append(f"  {kind}: {', '.join(keys[:_SHOWN_KEYS])}{more}")
+    lines.append("hyper-parameters:" + ("" if info["hyper_parameters"] else " none recorded"))
+    lines += [f"  {key}: {value}" for key, value in info["hyper_parameters"].items()]
+    lines.append("tasks:" + ("" if info["tasks"] else " none (not a FOMO UNet checkpoint)"))
+    for task_id, task in info["tasks"].items():
+        verdict = "yes" if task["can_initialise"] else "no"
+        lines.append(f"  Task {task_id} ({task['task_type']}, {task['input_channels']} channels): "
+                     f"{verdict}: {task['how']}")
+    return "\n".join(lines)
+
+
+def _parser() -> argparse.ArgumentParser:
+    """The command line of ``fomo_inspect_checkpoint``."""
+    parser = argparse.ArgumentParser(
+        prog="fomo_inspect_checkpoint",
+        description="Show what a FOMO25 / nnU-Net checkpoint holds and which FOMO tasks it can initialise.")
+    parser.add_argument("checkpoint", type=Path,
+                        help="Lightning .ckpt, bare state dict, or nnU-Net checkpoint_*.pth")
+    parser.add_argument("--json", action="store_true", help="print one JSON object instead of text")
+    parser.add_argument("--trust-checkpoint", action="store_true",
+                        help="load with weights_only=False (can run code: only for files you trust; "
+                             "same as FOMO_TRUST_CHECKPOINT=1)")
+    return parser
+
+
+@cli_entry
+def main(argv: list[str] | None = None) -> int:
+    """Console script ``fomo_inspect_checkpoint``."""
+    args = _parser().parse_args(argv)
+    info = inspect_checkpoint(args.checkpoint, args.trust_checkpoint)
+    # Hyper-parameters may hold tuples or numpy scalars: str() keeps them readable instead of failing.
+    print(json.dumps(info, indent=2, default=str) if args.json else format_inspection(info))
+    return 0
