@@ -1,0 +1,105 @@
+"""``fomo_plan_and_preprocess``: nnU-Net's fingerprinting, FOMO planning and preprocessing of one dataset.
+
+It calls nnU-Net's Python API (``nnunetv2.experiment_planning.plan_and_preprocess_api``) with our planner class
+(the API's by-name lookup only searches inside nnunetv2). Plans are written as ``nnUNetPlans`` by default, so
+that ``nnUNetv2_train DATASET 3d_fullres FOLD -tr FomoFinetuneTrainer`` needs no ``-p``. Running nnU-Net's own
+``nnUNetv2_plan_and_preprocess`` afterwards overwrites them (and the preprocessed data): use ``--plans-name``
+to keep FOMO plans under another identifier (then pass ``-p`` to nnU-Net's commands).
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+from pathlib import Path
+from typing import Optional, Sequence
+
+from nnunetv2.configuration import default_num_processes
+from nnunetv2.experiment_planning.dataset_fingerprint.fingerprint_extractor import DatasetFingerprintExtractor
+from nnunetv2.experiment_planning.plan_and_preprocess_api import (
+    extract_fingerprint_dataset,
+    plan_experiment_dataset,
+    preprocess_dataset,
+)
+from nnunetv2.paths import nnUNet_preprocessed
+from nnunetv2.utilities.dataset_name_id_conversion import convert_id_to_dataset_name
+
+from nnunet_ext.errors import FomoInputError, cli_entry
+from nnunet_ext.networks import DECODER_LAYOUTS, MODEL_PRESETS
+from nnunet_ext.networks.unet import DEFAULT_HEAD_POOL_LEVELS
+from nnunet_ext.preprocessing.planner import FULLRES, FomoPlanner, FomoPlanSettings, validate_patch_size
+from nnunet_ext.preprocessing.registration import register_with_nnunet
+
+#: nnU-Net's default plans identifier: FOMO plans take its place (see the module docstring).
+DEFAULT_PLANS_NAME = "nnUNetPlans"
+
+
+def fomo_plan_and_preprocess(dataset_id: int, settings: FomoPlanSettings = FomoPlanSettings(),
+                             plans_name: str = DEFAULT_PLANS_NAME, num_processes: int = default_num_processes,
+                             verify_dataset_integrity: bool = False) -> Path:
+    """Fingerprint, plan and preprocess dataset ``dataset_id`` (in nnUNet_raw); return the plans file."""
+    try:
+        dataset_name = convert_id_to_dataset_name(dataset_id)
+    except RuntimeError as e:  # nnU-Net's "could not find a dataset with the ID ..."
+        raise FomoInputError(str(e)) from None
+    # preprocessing, here and in the workers it spawns, must find our normalisation scheme
+    register_with_nnunet()
+    extract_fingerprint_dataset(dataset_id, DatasetFingerprintExtractor, num_processes,
+                                check_dataset_integrity=verify_dataset_integrity, clean=True)
+    _, plans_identifier = plan_experiment_dataset(dataset_id, functools.partial(FomoPlanner, settings=settings),
+                                                  overwrite_plans_name=plans_name)
+    preprocess_dataset(dataset_id, plans_identifier, configurations=(FULLRES,), num_processes=[num_processes])
+    return Path(nnUNet_preprocessed, dataset_name, f"{plans_identifier}.json")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="fomo_plan_and_preprocess",
+        description="Plan and preprocess an nnU-Net raw dataset for fine-tuning the FOMO25 foundation model: "
+                    "1 mm spacing, FomoUNet, the pretraining normalisation, 3d_fullres only. Writes the plans as "
+                    f"{DEFAULT_PLANS_NAME!r} unless --plans-name says otherwise; nnU-Net's own "
+                    "nnUNetv2_plan_and_preprocess would overwrite them.")
+    parser.add_argument("-d", "--dataset", type=int, required=True, help="dataset ID in nnUNet_raw")
+    parser.add_argument("-c", "--configuration", choices=[FULLRES], default=FULLRES,
+                        help="configuration to plan; FOMO plans hold 3d_fullres only")
+    parser.add_argument("--patch-size", type=int, nargs=3, metavar=("X", "Y", "Z"),
+                        help="patch size in voxels at 1 mm, in nnU-Net's array axis order, each a multiple of 16 "
+                             "(default: 160 192 160 capped by the median image shape)")
+    parser.add_argument("--pretrained", type=Path, metavar="CKPT",
+                        help="FOMO checkpoint the trainers start from; its path and sha256 go into the plans")
+    parser.add_argument("--model", choices=sorted(MODEL_PRESETS), default="unet_b",
+                        help="network width preset (unet_b: 32 starting filters, unet_xl: 64)")
+    parser.add_argument("--starting-filters", type=int, metavar="N",
+                        help="override the preset's starting filters (small values keep tests fast)")
+    parser.add_argument("--decoder-layout", choices=sorted(DECODER_LAYOUTS), default="unet_b_lw_dec",
+                        help="convs per decoder block: unet_b_lw_dec 1 (the pretraining default), unet_b 2")
+    parser.add_argument("--head-dropout", type=float, default=0.0,
+                        help="dropout before the classification / regression head's linear layer")
+    parser.add_argument("--head-pool-levels", type=int, nargs="+", default=list(DEFAULT_HEAD_POOL_LEVELS),
+                        metavar="LEVEL", help="encoder levels (0-4) the classification / regression head pools "
+                                              "(default: 4, the bottleneck)")
+    parser.add_argument("--plans-name", default=DEFAULT_PLANS_NAME,
+                        help=f"plans identifier (default {DEFAULT_PLANS_NAME!r}, what nnUNetv2_train uses without -p)")
+    parser.add_argument("-np", "--num-processes", type=int, default=default_num_processes,
+                        help="processes for fingerprinting and preprocessing (default: nnUNet_def_n_proc or 8)")
+    parser.add_argument("--verify_dataset_integrity", action="store_true",
+                        help="run nnU-Net's dataset integrity check first")
+    return parser
+
+
+@cli_entry
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    args = build_parser().parse_args(argv)
+    settings = FomoPlanSettings(
+        model=args.model,
+        starting_filters=args.starting_filters,
+        decoder_layout=args.decoder_layout,
+        patch_size=None if args.patch_size is None else validate_patch_size(args.patch_size),
+        pretrained=args.pretrained,
+        head_dropout=args.head_dropout,
+        head_pool_levels=tuple(args.head_pool_levels),
+    )
+    plans_file = fomo_plan_and_preprocess(args.dataset, settings, args.plans_name, args.num_processes,
+                                          args.verify_dataset_integrity)
+    print(f"FOMO plans: {plans_file}")
+    return 0

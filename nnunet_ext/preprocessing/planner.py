@@ -1,0 +1,212 @@
+"""FOMO plans: nnU-Net's experiment planner with the pretraining's spacing, network and normalisation.
+
+Only the ``3d_fullres`` configuration is written. Its spacing, intensity normalisation and network are those the
+FOMO25 encoder was pretrained with; resampling, cropping, transposition and the data identifier stay nnU-Net's.
+
+Patch size: the default :data:`DEFAULT_PATCH_SIZE` (160 x 192 x 160 voxels at 1 mm) holds a whole skull-stripped
+adult brain (about 140 x 175 x 145 mm once cropped to its bounding box), so the image-level heads pool over the
+entire brain and segmentation sees the full context. nnU-Net's own VRAM estimator puts UNet-B at batch 2 on this
+patch at about 12 GB (UNet-XL about 24 GB): it fits 24-80 GB GPUs, UNet-XL from 40 GB. Smaller datasets do not
+pay for it: each axis is capped by the median image shape rounded up to a multiple of 16 (the network pools four
+times by 2). ``--patch-size`` overrides it.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
+
+import numpy as np
+from nnunetv2.experiment_planning.experiment_planners.default_experiment_planner import ExperimentPlanner
+
+from nnunet_ext.dataset_conversion.tasks import FOMO_KEY
+from nnunet_ext.errors import FomoInputError
+from nnunet_ext.networks import DECODER_LAYOUTS, FOMO_N_STAGES, MODEL_PRESETS, SEGMENTATION, TASK_TYPES
+from nnunet_ext.networks.unet import DEFAULT_HEAD_POOL_LEVELS, fomo_strides
+from nnunet_ext.preprocessing.fomo_plans import FOMO_PLANS_KEY, FomoPlansBlock, HeadSpec, PretrainedSpec
+from nnunet_ext.preprocessing.normalization import FomoPretrainingNormalization
+from nnunet_ext.pretrained import load_fomo_state_dict, sha256_of_file
+from nnunet_ext.pretrained.fomo_layout import detect_layout
+
+log = logging.getLogger(__name__)
+
+#: The only configuration FOMO plans hold.
+FULLRES = "3d_fullres"
+#: Voxel spacing of the pretraining data: the encoder's filters are tuned to this scale.
+PRETRAINING_SPACING_MM: Tuple[float, float, float] = (1.0, 1.0, 1.0)
+#: Patch edges must be divisible by the total downsampling of the network (four max-pools by 2).
+PATCH_DIVISOR = 2 ** (FOMO_N_STAGES - 1)
+#: Default patch (voxels at 1 mm, nnU-Net's array axis order); see the module docstring.
+DEFAULT_PATCH_SIZE: Tuple[int, int, int] = (160, 192, 160)
+#: Cases per training batch (the FOMO baseline's and nnU-Net's minimum).
+BATCH_SIZE = 2
+#: Dotted path nnU-Net resolves with ``pydoc.locate`` to build the network from the plans.
+NETWORK_CLASS_NAME = "nnunet_ext.networks.FomoUNet"
+
+Shape = Union[Sequence[int], np.ndarray]
+
+
+def validate_patch_size(patch_size: Sequence[int]) -> Tuple[int, int, int]:
+    """Return ``patch_size`` as a tuple, or refuse one that is not 3 positive multiples of :data:`PATCH_DIVISOR`."""
+    patch = tuple(int(edge) for edge in patch_size)
+    if len(patch) != 3 or any(edge <= 0 or edge % PATCH_DIVISOR for edge in patch):
+        raise FomoInputError(f"patch size {list(patch_size)} must be 3 positive multiples of {PATCH_DIVISOR} "
+                             f"(the network downsamples {FOMO_N_STAGES - 1} times by 2)")
+    return patch  # type: ignore[return-value]
+
+
+def default_patch_size(median_shape: Shape) -> Tuple[int, int, int]:
+    """:data:`DEFAULT_PATCH_SIZE`, each axis capped by the median image shape rounded up to the divisor."""
+    return tuple(min(default, PATCH_DIVISOR * math.ceil(median / PATCH_DIVISOR))
+                 for default, median in zip(DEFAULT_PATCH_SIZE, median_shape))  # type: ignore[return-value]
+
+
+@dataclass(frozen=True)
+class FomoPlanSettings:
+    """What the user chooses about FOMO plans (the ``fomo_plan_and_preprocess`` options)."""
+
+    model: str = "unet_b"
+    #: None: the model's width (32 for unet_b, 64 for unet_xl); small values keep tests fast.
+    starting_filters: Optional[int] = None
+    decoder_layout: str = "unet_b_lw_dec"
+    #: None: :func:`default_patch_size`.
+    patch_size: Optional[Tuple[int, int, int]] = None
+    pretrained: Optional[Path] = None
+    head_dropout: float = 0.0
+    head_pool_levels: Tuple[int, ...] = DEFAULT_HEAD_POOL_LEVELS
+
+    def __post_init__(self) -> None:
+        if self.model not in MODEL_PRESETS:
+            raise FomoInputError(f"unknown model {self.model!r}; expected one of {sorted(MODEL_PRESETS)}")
+        if self.decoder_layout not in DECODER_LAYOUTS:
+            raise FomoInputError(f"unknown decoder layout {self.decoder_layout!r}; "
+                                 f"expected one of {sorted(DECODER_LAYOUTS)}")
+        if self.starting_filters is not None and self.starting_filters < 1:
+            raise FomoInputError(f"starting filters must be positive, got {self.starting_filters}")
+        if self.patch_size is not None:
+            validate_patch_size(self.patch_size)
+        if not 0.0 <= self.head_dropout < 1.0:
+            raise FomoInputError(f"head dropout must be in [0, 1), got {self.head_dropout}")
+        if not self.head_pool_levels or any(not 0 <= level < FOMO_N_STAGES for level in self.head_pool_levels):
+            raise FomoInputError(f"head pool levels must be encoder levels 0..{FOMO_N_STAGES - 1}, "
+                                 f"got {list(self.head_pool_levels)}")
+        if self.pretrained is not None and not Path(self.pretrained).is_file():
+            raise FomoInputError("pretrained checkpoint not found", self.pretrained)
+
+    @property
+    def filters(self) -> int:
+        return self.starting_filters if self.starting_filters is not None else MODEL_PRESETS[self.model]
+
+    @property
+    def has_custom_head(self) -> bool:
+        return self.head_dropout != 0.0 or tuple(self.head_pool_levels) != DEFAULT_HEAD_POOL_LEVELS
+
+
+def task_from_dataset_json(dataset_json: Dict[str, Any], path: Path) -> Tuple[str, int]:
+    """(task type, number of network outputs) from dataset.json's ``fomo`` key; segmentation without it."""
+    num_labels = len(dataset_json["labels"])
+    fomo = dataset_json.get(FOMO_KEY)
+    if fomo is None:
+        log.warning("%s has no %r key: planning it as segmentation of its %d labels", path, FOMO_KEY, num_labels)
+        return SEGMENTATION, num_labels
+    task_type, num_classes = fomo.get("task_type"), fomo.get("num_classes")
+    if task_type not in TASK_TYPES or not isinstance(num_classes, int) or num_classes < 1:
+        raise FomoInputError(f"{FOMO_KEY}.task_type must be one of {TASK_TYPES} and {FOMO_KEY}.num_classes a "
+                             f"positive integer, got {task_type!r} and {num_classes!r}", path)
+    if task_type == SEGMENTATION and num_classes != num_labels:
+        # nnU-Net sizes the segmentation output from the labels: both must agree
+        raise FomoInputError(f"{FOMO_KEY}.num_classes is {num_classes} but 'labels' holds {num_labels}", path)
+    return task_type, num_classes
+
+
+def pretrained_spec(settings: FomoPlanSettings) -> Optional[PretrainedSpec]:
+    """The checkpoint's absolute path and sha256 plus the network it must fit, or None without one.
+
+    A FOMO checkpoint whose width or decoder layout differs from the planned network is refused now rather
+    than when training starts; other checkpoints (e.g. nnU-Net's own) are left to the trainers' transfer report.
+    """
+    if settings.pretrained is None:
+        return None
+    path = Path(settings.pretrained).resolve()
+    layout = detect_layout(load_fomo_state_dict(path)[0])
+    planned = (settings.filters, DECODER_LAYOUTS[settings.decoder_layout])
+    if layout is not None and (layout.starting_filters, layout.decoder_convs) != planned:
+        raise FomoInputError(f"the checkpoint has {layout.starting_filters} starting filters and "
+                             f"{layout.decoder_convs} conv(s) per decoder block, the plans ask for {planned[0]} and "
+                             f"{planned[1]}: choose --model / --starting-filters / --decoder-layout to match", path)
+    return PretrainedSpec(str(path), sha256_of_file(path), settings.model, settings.decoder_layout, settings.filters)
+
+
+class FomoPlanner(ExperimentPlanner):
+    """nnU-Net's planner writing FOMO plans: 1 mm spacing, FomoUNet, our normalisation, 3d_fullres only.
+
+    Construct it with ``settings=FomoPlanSettings(...)``; the other arguments are nnU-Net's.
+    """
+
+    def __init__(self, dataset_name_or_id: Union[str, int], *args: Any,
+                 settings: FomoPlanSettings = FomoPlanSettings(), **kwargs: Any):
+        super().__init__(dataset_name_or_id, *args, **kwargs)
+        # a 3d_lowres configuration is never searched for: FOMO plans hold 3d_fullres only
+        self.lowres_creation_threshold = 0
+        self.settings = settings
+        self.fomo_block = self._fomo_block()
+
+    def _fomo_block(self) -> FomoPlansBlock:
+        dataset_json_path = Path(self.raw_dataset_folder) / "dataset.json"
+        task_type, num_outputs = task_from_dataset_json(self.dataset_json, dataset_json_path)
+        if task_type == SEGMENTATION and self.settings.has_custom_head:
+            raise FomoInputError("head dropout and pool levels apply to classification and regression only")
+        head = HeadSpec(self.settings.head_dropout, tuple(self.settings.head_pool_levels))
+        return FomoPlansBlock(task_type, num_outputs, head, pretrained_spec(self.settings),
+                              FomoPretrainingNormalization.__name__)
+
+    def determine_fullres_target_spacing(self) -> np.ndarray:
+        return np.array(PRETRAINING_SPACING_MM)
+
+    def determine_normalization_scheme_and_whether_mask_is_used_for_norm(self) -> Tuple[List[str], List[bool]]:
+        # our scheme finds its own foreground (brighter than the minimum), so nnU-Net's non-zero mask stays off
+        num_channels = len(self.dataset_json["channel_names"])
+        return [FomoPretrainingNormalization.__name__] * num_channels, [False] * num_channels
+
+    def get_plans_for_configuration(self, spacing: Shape, median_shape: Shape, data_identifier: str,
+                                    approximate_n_voxels_dataset: float, _cache: dict) -> dict:
+        """nnU-Net's configuration, with the FOMO network, patch, batch size and ``fomo`` block for 3D."""
+        plan = super().get_plans_for_configuration(spacing, median_shape, data_identifier,
+                                                   approximate_n_voxels_dataset, _cache)
+        if len(spacing) != 3:
+            return plan  # the 2d configuration nnU-Net always plans: save_plans drops it
+        patch = self.settings.patch_size or default_patch_size(median_shape)
+        plan.update({
+            "batch_size": BATCH_SIZE,
+            "patch_size": list(patch),
+            "architecture": self._architecture(),
+            FOMO_PLANS_KEY: self.fomo_block.to_json(),
+        })
+        return plan
+
+    def _architecture(self) -> Dict[str, Any]:
+        """FomoUNet by dotted path, with keyword arguments that need no imports."""
+        arch_kwargs: Dict[str, Any] = {
+            "starting_filters": self.settings.filters,
+            "decoder_convs": DECODER_LAYOUTS[self.settings.decoder_layout],
+            "task_type": self.fomo_block.task_type,
+            "n_stages": FOMO_N_STAGES,
+            # nnU-Net derives the deep-supervision scales from these (ConfigurationManager.pool_op_kernel_sizes)
+            "strides": fomo_strides(FOMO_N_STAGES),
+        }
+        if self.fomo_block.task_type != SEGMENTATION:
+            arch_kwargs.update(head_dropout=self.fomo_block.head.dropout,
+                               head_pool_levels=list(self.fomo_block.head.pool_levels))
+        return {"network_class_name": NETWORK_CLASS_NAME, "arch_kwargs": arch_kwargs, "_kw_requires_import": []}
+
+    def save_plans(self, plans: dict) -> None:
+        """Drop the 2d configuration nnU-Net always plans, then save with nnU-Net's merge (which keeps any other
+        configuration an existing plans file of the same name holds, as nnU-Net always does)."""
+        if FULLRES not in plans["configurations"]:
+            raise FomoInputError("FOMO plans need 3D images; this dataset's median shape has a single slice",
+                                 self.raw_dataset_folder)
+        plans["configurations"] = {FULLRES: plans["configurations"][FULLRES]}
+        super().save_plans(plans)
