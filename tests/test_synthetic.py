@@ -232,3 +232,19 @@ def test_cli(tmp_path, capsys):
         main(args)
     assert refused.value.code == EXIT_BAD_INPUT
     assert "--overwrite" in capsys.readouterr().err
+
+
+def test_scale_shrinks_the_voxels_not_the_arrays():
+    adult = synthesize_subject(2, 3, seed=0, shape=(32, 32, 24))
+    small = synthesize_subject(2, 3, seed=0, shape=(32, 32, 24), scale=0.25)
+    assert np.allclose(np.asarray(small.quirks.spacing), np.asarray(adult.quirks.spacing) * 0.25)
+    for a, b in zip(adult.sessions, small.sessions):
+        for stem in a.images:
+            np.testing.assert_array_equal(a.images[stem], b.images[stem])
+        np.testing.assert_array_equal(a.lesion, b.lesion)
+        assert b.target == pytest.approx(a.target * 0.25 ** 3)  # meningioma volume in ml
+
+
+def test_scale_out_of_range_is_refused(tmp_path):
+    with pytest.raises(FomoInputError, match="scale"):
+        make_synthetic_dataset(1, tmp_path / "out", n_cases=2, scale=0)

@@ -160,6 +160,8 @@ class SubjectQuirks:
     missing: tuple[str, ...]  # stems left out
     n_sessions: int
     dtype: str  # "float32" or "int16"
+    #: Physical size of the head relative to an adult's; the voxels (and so the arrays) do not change.
+    scale: float = 1.0
 
 
 @dataclass(frozen=True)
@@ -245,8 +247,9 @@ def _base_spacing(shape: Shape3) -> float:
     return float(np.max(2 * BRAIN_SEMI_AXES_MM * FIELD_OF_VIEW_MARGIN / np.asarray(shape)))
 
 
-def _draw_quirks(task: TaskSpec, flags: dict[str, bool], shape: Shape3, rng: np.random.Generator) -> SubjectQuirks:
-    spacing = np.full(3, _base_spacing(shape))
+def _draw_quirks(task: TaskSpec, flags: dict[str, bool], shape: Shape3, rng: np.random.Generator,
+                 scale: float = 1.0) -> SubjectQuirks:
+    spacing = np.full(3, _base_spacing(shape) * scale)
     jittered = np.round(np.asarray(shape) * rng.uniform(1 - SHAPE_JITTER, 1 + SHAPE_JITTER, size=3)).astype(int)
     if flags["anisotropic"]:
         spacing[2] *= ANISOTROPY_FACTOR
@@ -263,6 +266,7 @@ def _draw_quirks(task: TaskSpec, flags: dict[str, bool], shape: Shape3, rng: np.
         missing=missing,
         n_sessions=2 if flags["second_session"] else 1,
         dtype="int16" if flags["int16"] else "float32",
+        scale=scale,
     )
 
 
@@ -406,7 +410,8 @@ def _synthesize_session(task: TaskSpec, quirks: SubjectQuirks, anatomy: _Anatomy
                         positive: bool, rng: np.random.Generator) -> SyntheticSession:
     affine = _ras_affine(quirks)
     shift = rng.normal(0, SESSION_SHIFT_MM, size=3) if session > 1 else np.zeros(3)
-    coords = _grid_mm(affine, quirks.shape, anatomy.centre_mm + shift)
+    # The anatomy is drawn in adult millimetres: a smaller head is the same head seen through smaller voxels.
+    coords = [c / quirks.scale for c in _grid_mm(affine, quirks.shape, (anatomy.centre_mm + shift) * quirks.scale)]
     labels = _tissue_labels(coords, anatomy, age)
     if task.task_type == SEGMENTATION:
         lesion = _lesion_mask(coords, anatomy.lesion, MENINGIOMA_GROWTH ** (session - 1))
@@ -425,7 +430,8 @@ def _synthesize_session(task: TaskSpec, quirks: SubjectQuirks, anatomy: _Anatomy
     return SyntheticSession(session, images, affine, targets[task.task_type], lesion)
 
 
-def synthesize_subject(task_id: int, subject: int, seed: int = 0, shape: Shape3 = DEFAULT_SHAPE) -> SyntheticSubject:
+def synthesize_subject(task_id: int, subject: int, seed: int = 0, shape: Shape3 = DEFAULT_SHAPE,
+                       scale: float = 1.0) -> SyntheticSubject:
     """Generate one subject in memory, in RAS orientation, exactly as :func:`make_synthetic_dataset` stores it.
 
     Parameters
@@ -438,6 +444,8 @@ def synthesize_subject(task_id: int, subject: int, seed: int = 0, shape: Shape3 
         Seed of the whole dataset.
     shape : tuple of 3 ints
         Nominal grid; each subject's grid is jittered around it (and thinned in z when anisotropic).
+    scale : float
+        Physical size of the head relative to an adult's (see :func:`make_synthetic_dataset`).
 
     Returns
     -------
@@ -447,7 +455,7 @@ def synthesize_subject(task_id: int, subject: int, seed: int = 0, shape: Shape3 
     task = get_task(task_id)
     positive = task.task_type == CLASSIFICATION and is_positive(seed, subject)
     rng = np.random.default_rng([seed, subject])
-    quirks = _draw_quirks(task, _scheduled_quirks(seed, subject), shape, rng)
+    quirks = _draw_quirks(task, _scheduled_quirks(seed, subject), shape, rng, scale)
     anatomy = _draw_anatomy(task, positive, rng)
     age = float(rng.uniform(*AGE_RANGE))
     ages = [age, age + rng.uniform(*FOLLOW_UP_YEARS)][: quirks.n_sessions]
@@ -522,7 +530,7 @@ def _summary(task: TaskSpec, out_dir: Path, subjects: Sequence[tuple[int, Subjec
 
 
 def make_synthetic_dataset(task_id: int, out_dir: str | Path, n_cases: int = DEFAULT_CASES, seed: int = 0,
-                           shape: Shape3 = DEFAULT_SHAPE, overwrite: bool = False) -> Path:
+                           shape: Shape3 = DEFAULT_SHAPE, overwrite: bool = False, scale: float = 1.0) -> Path:
     """Write a synthetic FOMO dataset for one task in the layout of the distributed data.
 
     Parameters
@@ -540,6 +548,10 @@ def make_synthetic_dataset(task_id: int, out_dir: str | Path, n_cases: int = DEF
         Nominal grid (each edge at least :data:`MIN_SHAPE`); a larger grid samples the brain more finely.
     overwrite : bool
         Replace a non-empty ``out_dir``.
+    scale : float
+        Physical size of the heads relative to an adult's: the arrays are identical, only the voxel spacing
+        shrinks. Below 1 it gives small volumes once resampled to the 1 mm of the FOMO plans, which keeps CPU
+        demos and tests fast; 1 (the default) gives adult-sized brains.
 
     Returns
     -------
@@ -552,6 +564,8 @@ def make_synthetic_dataset(task_id: int, out_dir: str | Path, n_cases: int = DEF
         raise FomoInputError(f"the number of cases must be at least 1, got {n_cases}")
     if len(shape) != 3 or min(shape) < MIN_SHAPE:
         raise FomoInputError(f"the shape must be 3 edges of at least {MIN_SHAPE} voxels, got {tuple(shape)}")
+    if not 0 < scale <= 1:
+        raise FomoInputError(f"the scale must be in (0, 1], got {scale}")
     if out_dir.exists() and not out_dir.is_dir():
         raise FomoInputError("the output exists and is not a folder", out_dir)
     if out_dir.is_dir() and any(out_dir.iterdir()) and not overwrite:
@@ -560,7 +574,7 @@ def make_synthetic_dataset(task_id: int, out_dir: str | Path, n_cases: int = DEF
     written = []
     with atomic_directory(out_dir, overwrite=True) as tmp:
         for number in tqdm(range(1, n_cases + 1), desc=f"synthetic task {task.task_id}", unit="subject"):
-            subject = synthesize_subject(task.task_id, number, seed=seed, shape=tuple(shape))
+            subject = synthesize_subject(task.task_id, number, seed=seed, shape=tuple(shape), scale=scale)
             _write_subject(task, subject, tmp)
             written.append((number, subject.quirks, [s.target for s in subject.sessions]))
     print(_summary(task, out_dir, written))
@@ -584,6 +598,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--shape", type=int, nargs=3, default=DEFAULT_SHAPE, metavar=("X", "Y", "Z"),
                         help="nominal grid, jittered per subject; larger samples the brain more finely "
                         f"(default {' '.join(map(str, DEFAULT_SHAPE))})")
+    parser.add_argument("--scale", type=float, default=1.0,
+                        help="physical head size relative to an adult's, in (0, 1]: same arrays, smaller voxels; "
+                        "small values make small volumes at the 1 mm of the FOMO plans, for fast CPU runs (default 1)")
     parser.add_argument("--overwrite", action="store_true", help="replace a non-empty output folder")
     return parser
 
@@ -593,5 +610,5 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Console script ``fomo_make_synthetic``."""
     args = build_parser().parse_args(argv)
     make_synthetic_dataset(args.task, args.out, n_cases=args.cases, seed=args.seed, shape=tuple(args.shape),
-                           overwrite=args.overwrite)
+                           overwrite=args.overwrite, scale=args.scale)
     return 0
