@@ -1,0 +1,311 @@
+"""``fomo_convert``: FOMO fine-tuning data -> an nnU-Net raw dataset.
+
+Writes ``$nnUNet_raw/DatasetXXX_NAME/`` with imagesTr, labelsTr, imagesTs, labelsTs, a dataset.json
+whose ``fomo`` key holds the task and every case's target (see docs/design.md), and a seeded,
+stratified, subject-grouped ``splits_final.json`` that nnU-Net's planning copies to nnUNet_preprocessed.
+
+Everything that can be checked without the voxels (layout, ids, labels, masks, missing modalities) is
+checked before anything is written; the voxels are checked while the dataset is built in a temporary
+folder, which only replaces ``DatasetXXX_NAME`` once complete. The input folder is only read.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+import SimpleITK as sitk
+from nnunetv2.dataset_conversion.generate_dataset_json import generate_dataset_json
+from tqdm import tqdm
+
+from nnunet_ext.dataset_conversion.fomo_reader import (
+    FomoCase,
+    FomoLayout,
+    check_mask,
+    detect_layout,
+    lesion_volume_ml,
+    onto_grid,
+    read_target,
+    replace_nonfinite,
+)
+from nnunet_ext.dataset_conversion.splits import N_FOLDS, make_splits, split_test_set, stratification_labels
+from nnunet_ext.dataset_conversion.tasks import CLASSIFICATION, FOMO_KEY, SEGMENTATION, TaskSpec, get_task
+from nnunet_ext.errors import FomoInputError, cli_entry
+from nnunet_ext.utils.files import atomic_directory, atomic_write_json
+
+log = logging.getLogger(__name__)
+
+RAW_ENV = "nnUNet_raw"
+FILE_ENDING = ".nii.gz"
+#: nnU-Net dataset ids have three digits.
+MAX_DATASET_ID = 999
+#: What to do with a case that lacks a modality others have (``--missing-modality``).
+MISSING_ZEROS, MISSING_DROP, MISSING_ERROR = "zeros", "drop", "error"
+MISSING_STRATEGIES = (MISSING_ZEROS, MISSING_DROP, MISSING_ERROR)
+#: What to do with NaN/Inf voxels.
+NAN_ERROR, NAN_ZERO = "error", "zero"
+NAN_POLICIES = (NAN_ERROR, NAN_ZERO)
+#: ``fomo.label_map``: what labelsTr holds.
+BRAIN_MASK = "brain_mask"  # tasks 1 and 3: the non-zero voxels of any channel
+TARGET_MASK = "segmentation"  # task 2: the meningioma mask
+BRAIN_LABEL = "brain"
+SPLITS_FILE = "splits_final.json"
+
+
+@dataclass(frozen=True)
+class WrittenCase:
+    """What the summary reports of one converted case."""
+
+    spacing: Tuple[float, ...]
+    shape: Tuple[int, ...]
+    nonfinite_voxels: int
+
+
+def dataset_folder(dataset_id: int, name: str, overwrite: bool) -> Path:
+    """``$nnUNet_raw/Dataset{id:03d}_{name}``, refusing an unset nnUNet_raw, a taken id or an existing dataset."""
+    raw = os.environ.get(RAW_ENV)
+    if not raw:
+        raise FomoInputError(f"{RAW_ENV} is not set: export it as the folder of nnU-Net's raw datasets")
+    if not 0 < dataset_id <= MAX_DATASET_ID:
+        raise FomoInputError(f"dataset id must be in 1..{MAX_DATASET_ID}, got {dataset_id}")
+    folder = Path(raw) / f"Dataset{dataset_id:03d}_{name}"
+    # nnU-Net resolves a dataset by its id: a second name for one id would make that ambiguous.
+    for other in Path(raw).glob(f"Dataset{dataset_id:03d}_*"):
+        if other != folder:
+            raise FomoInputError(f"dataset id {dataset_id} is already used by {other.name}", other)
+    if folder.exists() and not overwrite:
+        raise FomoInputError("dataset exists; pass --overwrite to replace it", folder)
+    return folder
+
+
+def resolve_channels(cases: List[FomoCase], task: TaskSpec, strategy: str,
+                     ) -> Tuple[Tuple[str, ...], List[FomoCase], Dict[str, List[str]]]:
+    """The dataset's channels, the cases kept, and each kept case's missing channels.
+
+    A channel absent from every case is left out of the dataset; a channel missing from some cases is
+    handled by ``strategy``: ``zeros`` (a zero image), ``drop`` (leave those cases out) or ``error``.
+    """
+    channels = tuple(c for c in task.channel_names if any(c in case.images for case in cases))
+    absent = [c for c in task.channel_names if c not in channels]
+    if absent:
+        log.warning("channel(s) %s absent from every case: the dataset has %d channel(s): %s",
+                    absent, len(channels), list(channels))
+    missing = {case.case_id: [c for c in channels if c not in case.images] for case in cases}
+    missing = {case_id: chans for case_id, chans in missing.items() if chans}
+    if not missing:
+        return channels, cases, {}
+    detail = ", ".join(f"{case_id} ({'/'.join(chans)})" for case_id, chans in missing.items())
+    if strategy == MISSING_ERROR:
+        raise FomoInputError(f"cases miss a modality: {detail}; use --missing-modality zeros or drop")
+    log.warning("%d case(s) miss a modality, strategy '%s': %s", len(missing), strategy, detail)
+    if strategy == MISSING_DROP:
+        return channels, [case for case in cases if case.case_id not in missing], {}
+    return channels, cases, missing
+
+
+def read_case_mask(layout: FomoLayout, case: FomoCase) -> sitk.Image:
+    """A Task 2 case's mask, checked to hold only 0 and 1."""
+    return check_mask(layout.read_mask(case), case.mask_source)
+
+
+def case_target(layout: FomoLayout, case: FomoCase) -> float:
+    """The target stored in dataset.json: class or age from label.txt, lesion volume (ml) for segmentation."""
+    if layout.task.task_type == SEGMENTATION:
+        return lesion_volume_ml(read_case_mask(layout, case))
+    return read_target(case.label, layout.task)
+
+
+def case_images(layout: FomoLayout, case: FomoCase, nan_to_zero: bool) -> Tuple[Dict[str, sitk.Image], int]:
+    """The case's present channels on the grid of its first one, and how many NaN/Inf voxels were zeroed."""
+    images, nonfinite = {}, 0
+    for channel, image in layout.read_images(case).items():
+        images[channel], count = replace_nonfinite(image, case.images[channel], channel, nan_to_zero)
+        nonfinite += count
+    reference_channel = next(iter(images))
+    reference, reference_path = images[reference_channel], case.images[reference_channel]
+    aligned = {c: onto_grid(image, case.images[c], reference, reference_path, sitk.sitkLinear)
+               for c, image in images.items()}
+    return aligned, nonfinite
+
+
+def case_label_map(layout: FomoLayout, case: FomoCase, images: Dict[str, sitk.Image]) -> sitk.Image:
+    """labelsTr content: the Task 2 mask on the images' grid, or the brain (non-zero) mask for tasks 1 and 3."""
+    reference_channel = next(iter(images))
+    reference = images[reference_channel]
+    if layout.task.task_type != SEGMENTATION:
+        brain = np.any([sitk.GetArrayViewFromImage(image) != 0 for image in images.values()], axis=0)
+        mask = sitk.GetImageFromArray(brain.astype(np.uint8))
+        mask.CopyInformation(reference)
+        return mask
+    mask = read_case_mask(layout, case)
+    if mask.GetSize() != reference.GetSize():
+        raise FomoInputError(f"mask shape {mask.GetSize()} does not match the image shape {reference.GetSize()} of "
+                             f"{case.images[reference_channel].name}", case.mask_source)
+    return onto_grid(mask, case.mask_source, reference, case.images[reference_channel], sitk.sitkNearestNeighbor)
+
+
+def write_case(layout: FomoLayout, case: FomoCase, channels: Sequence[str], images_dir: Path, labels_dir: Path,
+               nan_to_zero: bool) -> WrittenCase:
+    """Write one case's channels (a zero image for a missing one) and its label map in nnU-Net's naming."""
+    images, nonfinite = case_images(layout, case, nan_to_zero)
+    label_map = case_label_map(layout, case, images)
+    for index, channel in enumerate(channels):
+        image = images.get(channel)
+        if image is None:  # missing modality under the "zeros" strategy; zero is background to nnU-Net
+            image = sitk.Image(label_map.GetSize(), sitk.sitkFloat32)
+            image.CopyInformation(label_map)
+        sitk.WriteImage(image, str(images_dir / f"{case.case_id}_{index:04d}{FILE_ENDING}"), useCompression=True)
+    sitk.WriteImage(label_map, str(labels_dir / f"{case.case_id}{FILE_ENDING}"), useCompression=True)
+    return WrittenCase(tuple(label_map.GetSpacing()), tuple(label_map.GetSize()), nonfinite)
+
+
+def split_cases(cases: List[FomoCase], targets: Dict[str, float], task: TaskSpec, test_fraction: float,
+                seed: int, n_folds: int) -> Tuple[List[str], List[str], List[Dict[str, List[str]]]]:
+    """(train ids, test ids, folds of the train ids), all grouped by subject and stratified by target."""
+    subject = {case.case_id: case.subject for case in cases}
+    train = sorted(subject)
+    test: List[str] = []
+    if test_fraction > 0:
+        groups = [subject[c] for c in train]
+        strata = stratification_labels(task.task_type, [targets[c] for c in train], groups, n_folds)
+        train, test = split_test_set(train, groups, strata, test_fraction, seed)
+    groups = [subject[c] for c in train]
+    strata = stratification_labels(task.task_type, [targets[c] for c in train], groups, n_folds)
+    folds = make_splits(train, groups, strata, n_folds, seed)
+    return train, test, folds
+
+
+def fomo_metadata(task: TaskSpec, layout: FomoLayout, cases: List[FomoCase], targets: Dict[str, float],
+                  test: List[str], missing: Dict[str, List[str]], strategy: str) -> dict:
+    """The ``fomo`` block of dataset.json (see docs/design.md)."""
+    return {
+        "task_id": task.task_id,
+        "task_type": task.task_type,
+        "target_name": task.target_name,
+        "num_classes": task.num_classes,
+        "label_map": TARGET_MASK if task.task_type == SEGMENTATION else BRAIN_MASK,
+        "targets": {c: targets[c] for c in sorted(targets) if c not in test},
+        "test_targets": {c: targets[c] for c in test},
+        "subjects": {case.case_id: case.subject for case in cases},
+        "missing_modalities": missing,
+        "missing_modality_strategy": strategy,
+        "source": {"layout": layout.name, "input": str(layout.root)},
+    }
+
+
+def summary(written: Dict[str, WrittenCase], test: List[str], channels: Sequence[str], targets: Dict[str, float],
+            task: TaskSpec) -> str:
+    """A human-readable account of the converted dataset: cases, channels, spacings, shapes, targets."""
+    spacings = np.array([w.spacing for w in written.values()])
+    shapes = np.array([w.shape for w in written.values()])
+    values = np.array(list(targets.values()))
+    if task.task_type == CLASSIFICATION:
+        classes, counts = np.unique(values.astype(int), return_counts=True)
+        target_text = ", ".join(f"class {k}: {n}" for k, n in zip(classes, counts))
+    else:
+        unit = "ml" if task.task_type == SEGMENTATION else "years"
+        target_text = (f"min {values.min():.1f}, median {np.median(values):.1f}, mean {values.mean():.1f}, "
+                       f"max {values.max():.1f} {unit}")
+    lines = [
+        f"cases: {len(written)} ({len(written) - len(test)} training, {len(test)} test)",
+        f"channels: {', '.join(channels)}",
+        f"spacing (mm): min {spacings.min(0).round(2).tolist()}, max {spacings.max(0).round(2).tolist()}",
+        f"shape: min {shapes.min(0).tolist()}, median {np.median(shapes, 0).astype(int).tolist()}, "
+        f"max {shapes.max(0).tolist()}",
+        f"{task.target_name}: {target_text}",
+        f"NaN/Inf voxels set to 0: {sum(w.nonfinite_voxels for w in written.values())}",
+    ]
+    return "\n".join(lines)
+
+
+def convert_fomo_dataset(task_id: int, input_dir: os.PathLike | str, dataset_id: int, name: Optional[str] = None,
+                         test_fraction: float = 0.0, seed: int = 0, overwrite: bool = False,
+                         missing_modality: str = MISSING_ZEROS, nan_policy: str = NAN_ERROR,
+                         spacing: Optional[Sequence[float]] = None, n_folds: int = N_FOLDS) -> Path:
+    """Convert one FOMO task folder into the nnU-Net raw dataset ``$nnUNet_raw/Dataset{dataset_id:03d}_{name}``.
+
+    Parameters
+    ----------
+    task_id : FOMO task 1, 2 or 3.
+    input_dir : a FOMO task folder (NIfTI layout) or a folder of .npy arrays (see ``fomo_reader``).
+    dataset_id, name : nnU-Net dataset id and name (default: the task's name from ``tasks.py``).
+    test_fraction : share of subjects held out in imagesTs/labelsTs (0: none).
+    seed : seed of the test split and of the folds.
+    overwrite : replace an existing dataset of that id and name (only once the new one is complete).
+    missing_modality : ``zeros``, ``drop`` or ``error`` for cases lacking a modality others have.
+    nan_policy : ``error`` refuses NaN/Inf voxels, ``zero`` replaces them by 0.
+    spacing : voxel spacing (X, Y, Z) of .npy arrays, instead of their .pkl.
+    n_folds : number of cross-validation folds in splits_final.json.
+
+    Returns the dataset folder.
+    """
+    task = get_task(task_id)
+    if missing_modality not in MISSING_STRATEGIES or nan_policy not in NAN_POLICIES:
+        raise ValueError(f"missing_modality must be one of {MISSING_STRATEGIES} and nan_policy one of {NAN_POLICIES}")
+    output = dataset_folder(dataset_id, name or task.name, overwrite)
+    layout = detect_layout(Path(input_dir).resolve(), task, spacing)
+    log.info("found the %s layout in %s", layout.name, layout.root)
+    channels, cases, missing = resolve_channels(layout.discover(), task, missing_modality)
+    targets = {case.case_id: case_target(layout, case) for case in tqdm(cases, desc="reading targets")}
+    train, test, folds = split_cases(cases, targets, task, test_fraction, seed, n_folds)
+    in_test = set(test)
+
+    with atomic_directory(output, overwrite=overwrite) as tmp:
+        folders = {part: (tmp / f"images{part}", tmp / f"labels{part}") for part in ("Tr", "Ts")}
+        for images_dir, labels_dir in folders.values():
+            images_dir.mkdir()
+            labels_dir.mkdir()
+        written = {
+            case.case_id: write_case(layout, case, channels, *folders["Ts" if case.case_id in in_test else "Tr"],
+                                     nan_policy == NAN_ZERO)
+            for case in tqdm(cases, desc="converting cases")
+        }
+        label_name = task.target_name if task.task_type == SEGMENTATION else BRAIN_LABEL
+        generate_dataset_json(
+            str(tmp), dict(enumerate(channels)), {"background": 0, label_name: 1}, len(train), FILE_ENDING,
+            dataset_name=output.name, description=f"FOMO25 task {task.task_id} ({task.target_name})",
+            converted_by="fomo_convert",
+            **{FOMO_KEY: fomo_metadata(task, layout, cases, targets, test, missing, missing_modality)},
+        )
+        atomic_write_json(tmp / SPLITS_FILE, folds)
+    log.info("wrote %s\n%s", output, summary(written, test, channels, targets, task))
+    return output
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="fomo_convert",
+        description="Convert FOMO25 fine-tuning data (NIfTI or .npy layout) into an nnU-Net raw dataset "
+                    "$nnUNet_raw/DatasetXXX_NAME with stratified, subject-grouped splits_final.json.")
+    parser.add_argument("--task", type=int, choices=(1, 2, 3), required=True, help="FOMO25 task id")
+    parser.add_argument("-i", "--input", required=True,
+                        help="FOMO task folder (preprocessed/ and labels/) or a folder of sub_<N>.npy arrays")
+    parser.add_argument("-d", "--dataset-id", type=int, required=True, help="nnU-Net dataset id (1-999)")
+    parser.add_argument("-n", "--name", default=None, help="dataset name (default: the task's name, e.g. FOMOInfarct)")
+    parser.add_argument("--test-fraction", type=float, default=0.0,
+                        help="share of subjects held out as imagesTs/labelsTs, stratified and grouped like the folds "
+                             "(default: %(default)s, no test set)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the test split and the folds (default: %(default)s)")
+    parser.add_argument("--folds", type=int, default=N_FOLDS, help="number of cross-validation folds (default: %(default)s)")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing dataset of that id and name")
+    parser.add_argument("--missing-modality", choices=MISSING_STRATEGIES, default=MISSING_ZEROS,
+                        help="cases lacking a modality: zero image, leave the case out, or stop (default: %(default)s)")
+    parser.add_argument("--nan-to-zero", action="store_true", help="replace NaN/Inf voxels by 0 instead of stopping")
+    parser.add_argument("--spacing", type=float, nargs=3, metavar=("X", "Y", "Z"), default=None,
+                        help="voxel spacing in mm of .npy arrays (instead of their companion .pkl)")
+    return parser
+
+
+@cli_entry
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
+    convert_fomo_dataset(args.task, args.input, args.dataset_id, args.name, args.test_fraction, args.seed,
+                         args.overwrite, args.missing_modality, NAN_ZERO if args.nan_to_zero else NAN_ERROR,
+                         args.spacing, args.folds)
+    return 0

@@ -1,0 +1,48 @@
+"""Shared fixtures: nnU-Net folders in tmp_path, tiny hand-made FOMO trees, and synthetic FOMO data per task."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable, Dict
+
+import pytest
+from fomo_files import FomoTree
+
+from nnunet_ext.dataset_conversion.synthetic import make_synthetic_dataset
+
+#: Small enough for 2 shared CPU cores, large enough for nnU-Net's integrity check and planning.
+SYNTHETIC_SHAPE = (32, 32, 24)
+SYNTHETIC_CASES = 12
+NNUNET_ENV = ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results")
+
+
+@pytest.fixture
+def nnunet_dirs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Dict[str, Path]:
+    """nnU-Net's three folders under tmp_path, exported; nnU-Net limited to one worker process."""
+    dirs = {}
+    for var in NNUNET_ENV:
+        dirs[var] = tmp_path / var
+        dirs[var].mkdir()
+        monkeypatch.setenv(var, str(dirs[var]))
+    monkeypatch.setenv("nnUNet_def_n_proc", "1")
+    return dirs
+
+
+@pytest.fixture
+def fomo_tree(tmp_path: Path) -> Callable[[int], FomoTree]:
+    """Factory: ``fomo_tree(task_id)`` -> an empty :class:`FomoTree` under tmp_path/fomo-task<id>."""
+    return lambda task_id: FomoTree(tmp_path / f"fomo-task{task_id}", task_id)
+
+
+@pytest.fixture(scope="session")
+def synthetic_fomo(tmp_path_factory: pytest.TempPathFactory) -> Callable[[int], Path]:
+    """Factory: ``synthetic_fomo(task_id)`` -> a small synthetic FOMO task folder, generated once per session."""
+    made: Dict[int, Path] = {}
+
+    def get(task_id: int) -> Path:
+        if task_id not in made:
+            out = tmp_path_factory.mktemp(f"synthetic_task{task_id}")
+            made[task_id] = make_synthetic_dataset(task_id, out, n_cases=SYNTHETIC_CASES, seed=0, shape=SYNTHETIC_SHAPE)
+        return made[task_id]
+
+    return get
