@@ -46,3 +46,22 @@ def synthetic_fomo(tmp_path_factory: pytest.TempPathFactory) -> Callable[[int], 
         return made[task_id]
 
     return get
+
+
+# --- Trained models for the prediction / evaluation / model-selection / container tests ---------------------------
+
+
+@pytest.fixture(scope="session")
+def trained_model(tmp_path_factory: pytest.TempPathFactory):
+    """Factory: ``trained_model(task_type)`` -> a two-fold ``_debug`` model with a test set, trained once per session
+    (see ``trained_models.py``)."""
+    from trained_models import TrainedModel, train_model
+
+    made: Dict[str, TrainedModel] = {}
+
+    def get(task_type: str) -> TrainedModel:
+        if task_type not in made:
+            made[task_type] = train_model(task_type, tmp_path_factory)
+        return made[task_type]
+
+    return get

@@ -8,6 +8,7 @@ from typing import Dict, Optional, Sequence, Tuple
 import numpy as np
 import SimpleITK as sitk
 
+from nnunet_ext.dataset_conversion.fomo_reader import RAS_DIRECTION
 from nnunet_ext.dataset_conversion.tasks import SEGMENTATION, get_task
 
 TINY_SHAPE = (12, 10, 8)
@@ -16,13 +17,12 @@ DEFAULT_TARGETS = {1: 1, 3: 50.0}
 
 
 def write_nifti(path: Path, array: np.ndarray, spacing: Sequence[float] = (1.0, 1.0, 1.0),
-                origin: Sequence[float] = (0.0, 0.0, 0.0), direction: Optional[Sequence[float]] = None) -> Path:
-    """Write an [X, Y, Z] array as NIfTI with the given geometry."""
+                origin: Sequence[float] = (0.0, 0.0, 0.0), direction: Sequence[float] = RAS_DIRECTION) -> Path:
+    """Write an [X, Y, Z] array as NIfTI with the given geometry (by default RAS, as FOMO distributes it)."""
     image = sitk.GetImageFromArray(np.ascontiguousarray(np.asarray(array).transpose()))
     image.SetSpacing(tuple(float(s) for s in spacing))
     image.SetOrigin(tuple(float(o) for o in origin))
-    if direction is not None:
-        image.SetDirection(tuple(float(d) for d in direction))
+    image.SetDirection(tuple(float(d) for d in direction))
     path.parent.mkdir(parents=True, exist_ok=True)
     sitk.WriteImage(image, str(path), useCompression=True)
     return path

@@ -238,3 +238,26 @@ def test_synthetic_data_passes_nnunet_integrity_check(task_id, synthetic_fomo, n
     if task_id == 2:
         assert min(fomo["targets"].values()) > 0  # every synthetic subject has a mass
     assert_folds_leak_free(out)
+
+
+def test_non_ras_case_is_stored_in_ras_with_the_same_physical_content(nnunet_dirs, tmp_path):
+    """A PSR-stored case (like the IXI data) becomes RAS: the same voxels, permuted and flipped, nothing resampled."""
+    tree = FomoTree(tmp_path / "fomo-task3", 3)
+    psr = (0.0, 0.0, -1.0, 1.0, 0.0, 0.0, 0.0, -1.0, 0.0)  # i: P, j: S, k: R (direction columns in ITK's LPS)
+    for subject in range(1, 11):
+        files = tree.add_case(f"sub_{subject}", label=20.0 + subject, seed=subject)
+        if subject == 1:
+            for seed, stem in enumerate(("t1", "t2")):
+                write_nifti(files[stem], brain_volume(TINY_SHAPE, seed=100 + seed), spacing=(1.0, 2.0, 3.0),
+                            direction=psr)
+    out = convert_fomo_dataset(3, tree.root, 31)
+    source = sitk.ReadImage(str(tree.root / "preprocessed/sub_1/ses_1/t1.nii.gz"))
+    converted = sitk.ReadImage(str(out / "imagesTr/sub_1_ses_1_0000.nii.gz"))
+    assert sitk.DICOMOrientImageFilter.GetOrientationFromDirectionCosines(converted.GetDirection()) == "RAS"
+    assert sorted(converted.GetSize()) == sorted(source.GetSize()) and converted.GetSize() != source.GetSize()
+    # every voxel keeps its position in the world
+    for index in [(0, 0, 0), (3, 5, 7), (11, 9, 7)]:
+        point = source.TransformIndexToPhysicalPoint(index)
+        assert converted[converted.TransformPhysicalPointToIndex(point)] == pytest.approx(source[index])
+    label = sitk.ReadImage(str(out / "labelsTr/sub_1_ses_1.nii.gz"))
+    assert label.GetSize() == converted.GetSize() and label.GetDirection() == converted.GetDirection()

@@ -92,7 +92,7 @@ def not_co_registered(tree: FomoTree) -> Path:
 
 def other_orientation(tree: FomoTree) -> Path:
     files = tree.add_case("sub_9")
-    lps = (-1.0, 0.0, 0.0, 0.0, -1.0, 0.0, 0.0, 0.0, 1.0)
+    lps = (1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0)  # ITK's identity: the other channels are RAS
     write_nifti(files["adc"], brain_volume(TINY_SHAPE, seed=9), direction=lps)
     return files["adc"]
 

@@ -11,6 +11,7 @@ import SimpleITK as sitk
 from nnunetv2.experiment_planning.verify_dataset_integrity import verify_dataset_integrity
 
 from nnunet_ext.dataset_conversion.convert import convert_fomo_dataset
+from nnunet_ext.dataset_conversion.fomo_reader import RAS_DIRECTION
 from nnunet_ext.dataset_conversion.tasks import FOMO_KEY
 
 IXI = Path(__file__).resolve().parents[2] / "shared" / "data" / "ixi_brain_age"  # <repo>/../shared
@@ -42,6 +43,8 @@ def test_ixi_converts_as_t1_only_task3(ixi_subset, nnunet_dirs):
     assert fomo["targets"][f"{subject}_ses_1"] == float((IXI / "labels" / subject / "ses_1/label.txt").read_text())
     source = sitk.ReadImage(str(IXI / "preprocessed" / subject / "ses_1/t1.nii.gz"))
     written = sitk.ReadImage(str(out / "imagesTr" / f"{subject}_ses_1_0000.nii.gz"))
-    # the image keeps its own geometry (PSR, 2 mm): nnU-Net's planning handles orientation and spacing
-    assert written.GetDirection() == source.GetDirection() and written.GetSpacing() == source.GetSpacing()
-    np.testing.assert_allclose(sitk.GetArrayFromImage(written), sitk.GetArrayFromImage(source), rtol=1e-5)
+    # stored as PSR at 2 mm; converted to RAS by permuting and flipping the voxels, nothing resampled
+    assert sitk.DICOMOrientImageFilter.GetOrientationFromDirectionCosines(source.GetDirection()) == "PSR"
+    assert written.GetDirection() == RAS_DIRECTION and written.GetSpacing() == source.GetSpacing()
+    np.testing.assert_allclose(sitk.GetArrayFromImage(written),
+                               sitk.GetArrayFromImage(sitk.DICOMOrient(source, "RAS")), rtol=1e-5)

@@ -32,6 +32,7 @@ from nnunet_ext.dataset_conversion.fomo_reader import (
     onto_grid,
     read_target,
     replace_nonfinite,
+    to_ras,
 )
 from nnunet_ext.dataset_conversion.splits import N_FOLDS, make_splits, split_test_set, stratification_labels
 from nnunet_ext.dataset_conversion.tasks import CLASSIFICATION, FOMO_KEY, SEGMENTATION, TaskSpec, get_task
@@ -151,9 +152,10 @@ def case_label_map(layout: FomoLayout, case: FomoCase, images: Dict[str, sitk.Im
 
 def write_case(layout: FomoLayout, case: FomoCase, channels: Sequence[str], images_dir: Path, labels_dir: Path,
                nan_to_zero: bool) -> WrittenCase:
-    """Write one case's channels (a zero image for a missing one) and its label map in nnU-Net's naming."""
+    """Write one case's channels (a zero image for a missing one) and its label map in nnU-Net's naming, in RAS."""
     images, nonfinite = case_images(layout, case, nan_to_zero)
-    label_map = case_label_map(layout, case, images)
+    label_map = to_ras(case_label_map(layout, case, images))
+    images = {channel: to_ras(image) for channel, image in images.items()}
     for index, channel in enumerate(channels):
         image = images.get(channel)
         if image is None:  # missing modality under the "zeros" strategy; zero is background to nnU-Net

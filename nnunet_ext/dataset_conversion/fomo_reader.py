@@ -15,7 +15,12 @@ npy layout (yucca-style local re-preprocessed copies, ``INPUT`` being e.g. ``fom
     INPUT/../labels/...           the task folder's labels tree, as above (task 2: only when the array
                                   holds no mask channel)
 
-The npy layout has no orientation: it gets the identity direction and a zero origin.
+The npy layout has no orientation: its arrays are taken as RAS (yucca reorients to RAS before saving them), with a
+zero origin.
+
+Converted images are stored in RAS orientation (:func:`to_ras`), whatever the orientation of the files: the
+encoder was pretrained on RAS volumes, and nnU-Net itself never reorients, so a case stored e.g. as PSR would
+reach the network with its axes permuted against the others.
 A case without the ``ses_<M>`` level is session 1. Case ids are ``sub_<N>_ses_<M>`` with N and M as
 integers, so ``sub_01`` and ``sub_1`` are the same subject and are refused as duplicates.
 """
@@ -58,6 +63,10 @@ BINARY_VALUES = (0, 1)
 ML_PER_MM3 = 1e-3
 #: Header differences below this (mm, or direction cosine) mean "the same grid": nothing is resampled.
 SAME_GRID_TOLERANCE = 1e-4
+#: Orientation of every converted image (SimpleITK's code for NIfTI's RAS+), as in FOMO's pretraining.
+TARGET_ORIENTATION = "RAS"
+#: ITK direction cosines of a RAS+ array: ITK's world is LPS, so R and A are negative axes there.
+RAS_DIRECTION = (-1.0, 0.0, 0.0, 0.0, -1.0, 0.0, 0.0, 0.0, 1.0)
 #: Largest difference of direction cosines still treated as the same orientation (about 3 degrees).
 MAX_DIRECTION_DEVIATION = 0.05
 #: Smallest intersection-over-union of two images' physical extents still treated as co-registered.
@@ -144,6 +153,16 @@ def read_nifti(path: Path) -> sitk.Image:
     image.SetOrigin(header.GetOrigin())
     image.SetDirection(header.GetDirection())
     return image
+
+
+def orientation_of(image: sitk.Image) -> str:
+    """The image's closest orientation code in SimpleITK's naming (``"RAS"`` for a NIfTI RAS+ image)."""
+    return sitk.DICOMOrientImageFilter.GetOrientationFromDirectionCosines(image.GetDirection())
+
+
+def to_ras(image: sitk.Image) -> sitk.Image:
+    """The image in :data:`TARGET_ORIENTATION`: axes permuted and flipped, voxels untouched (no resampling)."""
+    return sitk.DICOMOrient(image, TARGET_ORIENTATION)
 
 
 def read_target(path: Path, task: TaskSpec) -> float:
@@ -390,6 +409,7 @@ class NpyLayout(FomoLayout):
         # numpy [X, Y, Z] -> SimpleITK, whose array view is [Z, Y, X]
         image = sitk.GetImageFromArray(np.ascontiguousarray(array.astype(np.float32).transpose()))
         image.SetSpacing(spacing)
+        image.SetDirection(RAS_DIRECTION)
         return image
 
     def read_images(self, case: FomoCase) -> Dict[str, sitk.Image]:

@@ -354,10 +354,11 @@ def plot_segmentation_overlay(
                   aspect=spacing[row_axis] / spacing[column_axis], interpolation="nearest")
         for mask, colour, linestyle in ((ref, REFERENCE_COLOUR, "solid"), (pred, PREDICTION_COLOUR, "dashed")):
             section = np.take(mask, centre[axis], axis=axis)
-            # A slice that is all one value has no contour (matplotlib would warn).
+            # A slice that is all one value has no contour (matplotlib would warn). No ``origin`` here: contour
+            # puts element [0, 0] at data (0, 0) like imshow does with either origin, whereas contour's own
+            # ``origin="upper"`` would flip the contours against the image.
             if section.any() and not section.all():
-                ax.contour(section.astype(float), levels=[0.5], colors=colour, linestyles=linestyle,
-                           linewidths=2, origin=origin)
+                ax.contour(section.astype(float), levels=[0.5], colors=colour, linestyles=linestyle, linewidths=2)
         ax.set_title(f"{plane} (slice {centre[axis]} of array axis {axis})")
         ax.set_axis_off()
     fig.legend(

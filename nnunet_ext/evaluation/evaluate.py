@@ -1,0 +1,459 @@
+"""``fomo_evaluate``: test-set evaluation of every fold's model and of the fold ensemble, with a report.
+
+The test set is the one ``fomo_convert --test-fraction`` held out: ``imagesTs`` with its references (dataset.json
+``fomo.test_targets`` for classification and regression, ``labelsTs`` for segmentation). Either the trained model
+(``-tr``/``-p``/``-c``/``-f``) predicts it, each fold alone and all folds as an ensemble, through ``fomo_predict``'s
+code, or existing predictions are given (``--predictions NAME=PATH``). Written to the output folder:
+
+- ``summary.json``: every metric with its bootstrap confidence interval, per model (machines);
+- ``per_case.csv`` / ``per_case.json``: one row per case and model;
+- ``report.md`` with the figures in ``figures/`` embedded (people);
+- ``predictions/``: what the model predicted, when it did.
+
+Classification is scored at the threshold 0.5 and at the Youden-optimal threshold of the model's pooled validation
+folds (never tuned on the test set), which needs the trained model (``-tr``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Dict, List, Mapping, Optional, Sequence, Tuple, Union
+
+import numpy as np
+import SimpleITK as sitk
+import torch
+from nnunetv2.paths import nnUNet_raw
+from nnunetv2.utilities.file_path_utilities import maybe_convert_to_dataset_name
+from nnunetv2.utilities.find_objects import recursive_find_trainer_class_by_name
+
+from nnunet_ext.dataset_conversion.tasks import CLASSIFICATION, FOMO_KEY, REGRESSION, SEGMENTATION
+from nnunet_ext.errors import FomoInputError, cli_entry
+from nnunet_ext.evaluation.bootstrap import DEFAULT_CONFIDENCE, DEFAULT_N_RESAMPLES, DEFAULT_SEED, metrics_with_ci
+from nnunet_ext.evaluation.classification import DEFAULT_THRESHOLD, confusion_counts, youden_threshold
+from nnunet_ext.evaluation.model_selection import read_out_of_fold
+from nnunet_ext.evaluation.plots import (
+    plot_bland_altman,
+    plot_confusion_matrix,
+    plot_dice_per_case,
+    plot_predicted_vs_true,
+    plot_roc_curves,
+    plot_segmentation_overlay,
+    plot_training_curves,
+)
+from nnunet_ext.evaluation.report import format_metrics_table, json_safe
+from nnunet_ext.evaluation.segmentation import DEFAULT_NSD_TOLERANCE_MM, load_mask, segmentation_metrics
+from nnunet_ext.inference.inputs import discover_cases
+from nnunet_ext.inference.predict import (
+    CASE_COLUMN,
+    DEFAULT_CHECKPOINT,
+    DEFAULT_CONFIGURATION,
+    DEFAULT_FOLDS,
+    DEFAULT_PLANS,
+    ENSEMBLE_COLUMN,
+    FoldEnsemble,
+    fold_column,
+    parse_folds,
+    predict_cases,
+    read_prediction_records,
+    require_nnunet_ext_trainers,
+    trained_model_folder,
+    write_records,
+)
+from nnunet_ext.trainers.base import NNUNET_EMA_DICE
+from nnunet_ext.utils.files import atomic_write_json, atomic_write_text
+
+log = logging.getLogger(__name__)
+
+REPORT_MD = "report.md"
+SUMMARY_JSON = "summary.json"
+PER_CASE_STEM = "per_case"
+FIGURES_DIR = "figures"
+PREDICTIONS_DIR = "predictions"
+#: Name of the fold ensemble among the evaluated models; folds are ``fold <X>``.
+ENSEMBLE = "ensemble"
+#: Segmentation overlays drawn (the highlighted model's worst cases by Dice: where a reader should look first).
+MAX_OVERLAYS = 4
+#: Checkpoint whose training log (nnU-Net's logger, saved in every checkpoint) gives the training curves.
+TRAINING_LOG_CHECKPOINT = "checkpoint_final.pth"
+#: nnU-Net's logger keys of the per-epoch losses.
+TRAIN_LOSS_KEY, VAL_LOSS_KEY = "train_losses", "val_losses"
+#: Image channel drawn under the segmentation contours.
+OVERLAY_CHANNEL = 0
+
+#: Case-level predictions of each model: model -> case -> predicted probability or value.
+CaseLevelPredictions = Dict[str, Dict[str, float]]
+
+
+@dataclass(frozen=True)
+class TestSet:
+    """The held-out cases of a converted dataset and their references."""
+
+    dataset_name: str
+    task_type: str
+    dataset_json: Mapping
+    images: Path
+    labels: Path
+    targets: Mapping[str, float]
+
+
+@dataclass(frozen=True)
+class MetricTable:
+    """Metrics with confidence intervals of every model (``{model: metrics_with_ci(...)}``) under one title."""
+
+    title: str
+    models: Dict[str, dict]
+    threshold: Optional[float] = None  # classification only
+
+
+@dataclass
+class Evaluation:
+    """What the report shows: metric tables, per-case rows, figures (caption, path) and notes."""
+
+    tables: List[MetricTable] = field(default_factory=list)
+    per_case: List[dict] = field(default_factory=list)
+    figures: List[Tuple[str, Path]] = field(default_factory=list)
+    notes: List[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class EvaluationSettings:
+    """Bootstrap resamples and seed of the confidence intervals; NSD tolerance of the segmentation metrics."""
+
+    n_resamples: int = DEFAULT_N_RESAMPLES
+    seed: int = DEFAULT_SEED
+    nsd_tolerance_mm: float = DEFAULT_NSD_TOLERANCE_MM
+
+
+def load_test_set(dataset: str, labels: Optional[Path] = None) -> TestSet:
+    """The test set of ``$nnUNet_raw/DatasetXXX_NAME`` (``labels`` overrides ``labelsTs`` for segmentation)."""
+    try:
+        dataset_name = maybe_convert_to_dataset_name(dataset)
+        raw = Path(nnUNet_raw.require(), dataset_name)
+    except RuntimeError as e:  # nnU-Net: nnUNet_raw unset, or no dataset with that id
+        raise FomoInputError(str(e)) from None
+    if not (raw / "dataset.json").is_file():
+        raise FomoInputError("no raw dataset here: the test set lives in nnUNet_raw", raw)
+    dataset_json = json.loads((raw / "dataset.json").read_text())
+    fomo = dataset_json.get(FOMO_KEY)
+    if not isinstance(fomo, Mapping):
+        raise FomoInputError(f"dataset.json has no '{FOMO_KEY}' section: convert the data with fomo_convert", raw)
+    test = TestSet(dataset_name, fomo["task_type"], dataset_json, raw / "imagesTs", labels or raw / "labelsTs",
+                   fomo.get("test_targets", {}))
+    has_references = test.labels.is_dir() if test.task_type == SEGMENTATION else bool(test.targets)
+    if not has_references:
+        raise FomoInputError("no test set: convert with `fomo_convert --test-fraction F`", raw)
+    return test
+
+
+def case_level_models(records: Sequence[Mapping], folds: Sequence[Union[int, str]]) -> CaseLevelPredictions:
+    """``fomo_predict`` records as ``{"fold X": ..., "ensemble": ...}``."""
+    models = {f"fold {f}": {r[CASE_COLUMN]: float(r[fold_column(f)]) for r in records} for f in folds}
+    models[ENSEMBLE] = {r[CASE_COLUMN]: float(r[ENSEMBLE_COLUMN]) for r in records}
+    return models
+
+
+def predict_test_set(test: TestSet, model_folder: Path, folds: Sequence[Union[int, str]], checkpoint: str,
+                     device: torch.device, use_mirroring: bool, output: Path) -> Union[CaseLevelPredictions,
+                                                                                       Dict[str, Path]]:
+    """Predict the test images with each fold and the fold ensemble; masks per model, or values per model."""
+    cases = discover_cases(test.images, test.dataset_json)
+    if test.task_type != SEGMENTATION:
+        # one pass gives every fold's value beside the ensemble's
+        ensemble = FoldEnsemble(model_folder, folds, checkpoint, device, use_mirroring)
+        predict_cases(ensemble, cases, output)
+        return case_level_models(read_prediction_records(output), folds)
+    folders = {}
+    for name, members in [*((f"fold {f}", [f]) for f in folds), (ENSEMBLE, list(folds))]:
+        folders[name] = output / name.replace(" ", "_")
+        predict_cases(FoldEnsemble(model_folder, members, checkpoint, device, use_mirroring), cases, folders[name])
+    return folders
+
+
+def paired_targets(targets: Mapping[str, float], predictions: Mapping[str, float], model: str
+                   ) -> Tuple[List[str], np.ndarray, np.ndarray]:
+    """(cases, targets, predictions) in case order; every test case needs exactly one prediction."""
+    if set(predictions) != set(targets):
+        raise FomoInputError(f"{model}: predictions and test targets differ in cases: missing "
+                             f"{sorted(set(targets) - set(predictions))}, unknown {sorted(set(predictions) - set(targets))}")
+    cases = sorted(targets)
+    return cases, np.array([targets[c] for c in cases]), np.array([predictions[c] for c in cases])
+
+
+def case_rows(test: TestSet, predictions: CaseLevelPredictions) -> List[dict]:
+    """Per-case rows ``case, model, target, prediction``."""
+    rows = []
+    for model, values in predictions.items():
+        cases, y_true, y_pred = paired_targets(test.targets, values, model)
+        rows += [{"case": c, "model": model, "target": t, "prediction": p} for c, t, p in zip(cases, y_true, y_pred)]
+    return rows
+
+
+def highlighted(models: Sequence[str]) -> str:
+    """The model the single-model figures show: the ensemble when there is one, else the first."""
+    return ENSEMBLE if ENSEMBLE in models else models[0]
+
+
+def evaluate_classification(test: TestSet, predictions: CaseLevelPredictions, youden: Optional[float],
+                            figures: Path, settings: EvaluationSettings) -> Evaluation:
+    """Metrics at 0.5 and (when known) at the validation folds' Youden threshold; ROC and confusion matrices."""
+    result = Evaluation(per_case=case_rows(test, predictions))
+    paired = {m: paired_targets(test.targets, v, m)[1:] for m, v in predictions.items()}
+    thresholds = {f"threshold {DEFAULT_THRESHOLD}": DEFAULT_THRESHOLD}
+    if youden is None:
+        result.notes.append("No Youden threshold: it comes from the trained model's validation folds (pass -tr).")
+    else:
+        thresholds[f"Youden threshold of the pooled validation folds ({youden:.3f})"] = youden
+    best = highlighted(list(predictions))
+    for title, threshold in thresholds.items():
+        result.tables.append(MetricTable(title, {
+            m: metrics_with_ci(CLASSIFICATION, y, p, n_resamples=settings.n_resamples, seed=settings.seed,
+                               threshold=threshold) for m, (y, p) in paired.items()}, threshold))
+        path = figures / f"confusion_matrix_{threshold:.3f}.png"
+        plot_confusion_matrix(confusion_counts(*paired[best], threshold=threshold), path,
+                              title=f"{best}, {title}")
+        result.figures.append((f"Confusion matrix of the {best}, {title}", path))
+    roc = plot_roc_curves(paired, figures / "roc.png", highlight=best, threshold=youden)
+    result.figures.insert(0, ("ROC curves of each fold and the ensemble", roc))
+    return result
+
+
+def evaluate_regression(test: TestSet, predictions: CaseLevelPredictions, figures: Path,
+                        settings: EvaluationSettings) -> Evaluation:
+    """Regression metrics per model; predicted-vs-true scatter and Bland-Altman plot of the highlighted model."""
+    result = Evaluation(per_case=case_rows(test, predictions))
+    paired = {m: paired_targets(test.targets, v, m)[1:] for m, v in predictions.items()}
+    result.tables.append(MetricTable("all test cases", {
+        m: metrics_with_ci(REGRESSION, y, p, n_resamples=settings.n_resamples, seed=settings.seed)
+        for m, (y, p) in paired.items()}))
+    best = highlighted(list(predictions))
+    result.figures += [
+        (f"Predicted against true age, {best}", plot_predicted_vs_true(*paired[best], figures / "age_scatter.png")),
+        (f"Bland-Altman plot, {best}", plot_bland_altman(*paired[best], figures / "bland_altman.png")),
+    ]
+    return result
+
+
+def segmentation_rows(test: TestSet, model: str, folder: Path, nsd_tolerance_mm: float) -> List[dict]:
+    """Per-case segmentation metrics of one model's masks against the test references."""
+    file_ending = test.dataset_json["file_ending"]
+    references = sorted(test.labels.glob(f"*{file_ending}"))
+    rows = []
+    for reference_path in references:
+        case = reference_path.name[: -len(file_ending)]
+        prediction_path = folder / reference_path.name
+        if not prediction_path.is_file():
+            raise FomoInputError(f"{model}: no prediction for test case {case}", prediction_path)
+        reference, spacing = load_mask(reference_path)
+        prediction, _ = load_mask(prediction_path)
+        rows.append({"case": case, "model": model,
+                     **segmentation_metrics(reference, prediction, spacing, nsd_tolerance_mm)})
+    return rows
+
+
+def overlay_figures(test: TestSet, model: str, folder: Path, rows: Sequence[Mapping], figures: Path,
+                    notes: List[str]) -> List[Tuple[str, Path]]:
+    """Overlays of ``model``'s worst cases by Dice (image channel 0, reference and predicted contours)."""
+    drawn = []
+    file_ending = test.dataset_json["file_ending"]
+    for row in sorted(rows, key=lambda r: r["dice"])[:MAX_OVERLAYS]:
+        case = row["case"]
+        image_path = test.images / f"{case}_{OVERLAY_CHANNEL:04d}{file_ending}"
+        if not image_path.is_file():
+            notes.append(f"No overlay of {case}: its image {image_path} does not exist.")
+            continue
+        reference, spacing = load_mask(test.labels / f"{case}{file_ending}")
+        prediction, _ = load_mask(folder / f"{case}{file_ending}")
+        image = sitk.GetArrayFromImage(sitk.ReadImage(str(image_path)))
+        path = plot_segmentation_overlay(image, reference, prediction, spacing, figures / f"overlay_{case}.png",
+                                         title=f"{case}, {model} (Dice {row['dice']:.3f})")
+        drawn.append((f"{case}: reference (solid) and {model} (dashed) contours", path))
+    return drawn
+
+
+def evaluate_segmentation(test: TestSet, predictions: Mapping[str, Path], figures: Path,
+                          settings: EvaluationSettings) -> Evaluation:
+    """Segmentation metrics per model (mean over cases), Dice per case, overlays of the highlighted model."""
+    result = Evaluation()
+    rows = {m: segmentation_rows(test, m, folder, settings.nsd_tolerance_mm) for m, folder in predictions.items()}
+    result.per_case = [row for model_rows in rows.values() for row in model_rows]
+    result.tables.append(MetricTable(f"mean over test cases (NSD tolerance {settings.nsd_tolerance_mm} mm)", {
+        m: metrics_with_ci(SEGMENTATION, model_rows, n_resamples=settings.n_resamples, seed=settings.seed)
+        for m, model_rows in rows.items()}))
+    dice = plot_dice_per_case({m: [r["dice"] for r in model_rows] for m, model_rows in rows.items()},
+                              figures / "dice_per_case.png")
+    result.figures.append(("Dice per case, each fold and the ensemble", dice))
+    best = highlighted(list(predictions))
+    result.figures += overlay_figures(test, best, predictions[best], rows[best], figures, result.notes)
+    return result
+
+
+def validation_youden(model_folder: Path, folds: Sequence[Union[int, str]]) -> float:
+    """The Youden-optimal threshold of all folds' validation predictions together."""
+    targets, probabilities = zip(*((t, p) for _, t, p in read_out_of_fold(model_folder, [str(f) for f in folds])
+                                   .values()))
+    try:
+        return youden_threshold(targets, probabilities)
+    except ValueError as e:  # one class only in the validation folds
+        raise FomoInputError(f"no Youden threshold from the validation folds: {e}", model_folder) from None
+
+
+def training_curves(model_folder: Path, folds: Sequence[Union[int, str]], figures: Path, notes: List[str]
+                    ) -> List[Tuple[str, Path]]:
+    """Loss and selection-metric curves of each fold, from the training log saved in its final checkpoint."""
+    drawn = []
+    for fold in folds:
+        path = model_folder / f"fold_{fold}" / TRAINING_LOG_CHECKPOINT
+        if not path.is_file():
+            notes.append(f"No training curves for fold {fold}: {path} does not exist (training unfinished?).")
+            continue
+        checkpoint = torch.load(path, map_location="cpu", weights_only=False)  # nnU-Net checkpoints hold objects
+        # nnU-Net's own trainers select by the EMA pseudo-Dice (higher is better); ours name their metric
+        trainer_class = recursive_find_trainer_class_by_name(checkpoint["trainer_name"])
+        metric = getattr(trainer_class, "selection_metric", NNUNET_EMA_DICE)
+        history = checkpoint["logging"]
+        series = [history[TRAIN_LOSS_KEY], history[VAL_LOSS_KEY], history[metric]]
+        # an epoch interrupted by the end of training may have logged some values only
+        epochs = min(len(s) for s in series)
+        out = plot_training_curves(list(range(epochs)), *(s[:epochs] for s in series),
+                                   figures / f"training_curves_fold_{fold}.png", metric_name=metric,
+                                   higher_is_better=getattr(trainer_class, "selection_higher_is_better", True))
+        drawn.append((f"Training curves, fold {fold} (losses and {metric})", out))
+    return drawn
+
+
+def report_markdown(test: TestSet, source: str, evaluation: Evaluation, output: Path,
+                    settings: EvaluationSettings) -> str:
+    """report.md: what was evaluated, the metric tables, the figures and the notes."""
+    n_cases = len({row["case"] for row in evaluation.per_case})
+    lines = [f"# Test-set evaluation: {test.dataset_name} ({test.task_type})", "",
+             f"- Evaluated: {source}",
+             f"- Test cases: {n_cases}",
+             f"- Confidence intervals: percentile bootstrap over cases, {settings.n_resamples} resamples, "
+             f"seed {settings.seed}",
+             f"- Per-case results: [{PER_CASE_STEM}.csv]({PER_CASE_STEM}.csv); all numbers: [{SUMMARY_JSON}]"
+             f"({SUMMARY_JSON})", "", "## Metrics", ""]
+    for table in evaluation.tables:
+        lines += [f"### {table.title[0].upper()}{table.title[1:]}", "",
+                  format_metrics_table(table.models, DEFAULT_CONFIDENCE)]
+    lines += ["## Figures", ""]
+    for caption, path in evaluation.figures:
+        lines += [f"**{caption}**", "", f"![{caption}]({path.relative_to(output).as_posix()})", ""]
+    if evaluation.notes:
+        lines += ["## Notes", "", *(f"- {note}" for note in evaluation.notes), ""]
+    return "\n".join(lines)
+
+
+def write_outputs(test: TestSet, source: str, evaluation: Evaluation, output: Path,
+                  settings: EvaluationSettings) -> Path:
+    """summary.json, per_case.csv/.json and report.md; returns the report."""
+    write_records(output, json_safe(evaluation.per_case), stem=PER_CASE_STEM)
+    atomic_write_json(output / SUMMARY_JSON, json_safe({
+        "dataset": test.dataset_name,
+        "task_type": test.task_type,
+        "evaluated": source,
+        "n_cases": len({row["case"] for row in evaluation.per_case}),
+        "bootstrap": {"n_resamples": settings.n_resamples, "confidence": DEFAULT_CONFIDENCE, "seed": settings.seed},
+        "tables": [{"title": t.title, "threshold": t.threshold, "metrics": t.models} for t in evaluation.tables],
+        "figures": [path.relative_to(output).as_posix() for _, path in evaluation.figures],
+        "notes": evaluation.notes,
+    }))
+    report = output / REPORT_MD
+    atomic_write_text(report, report_markdown(test, source, evaluation, output, settings))
+    return report
+
+
+def parse_named_paths(items: Sequence[str]) -> Dict[str, Path]:
+    """``NAME=PATH`` arguments as an ordered dict."""
+    named = {}
+    for item in items:
+        name, sep, path = item.partition("=")
+        if not sep or not name or not path:
+            raise FomoInputError(f"expected NAME=PATH, got {item!r}")
+        named[name] = Path(path)
+    return named
+
+
+def given_predictions(test: TestSet, named: Mapping[str, Path]) -> Union[CaseLevelPredictions, Dict[str, Path]]:
+    """Existing predictions: mask folders (segmentation) or ``fomo_predict`` outputs (their ensemble column)."""
+    if test.task_type == SEGMENTATION:
+        for path in named.values():
+            if not path.is_dir():
+                raise FomoInputError("expected a folder of predicted masks", path)
+        return dict(named)
+    return {name: {r[CASE_COLUMN]: float(r[ENSEMBLE_COLUMN]) for r in read_prediction_records(path)}
+            for name, path in named.items()}
+
+
+def evaluate(test: TestSet, output: Path, predictions: Union[CaseLevelPredictions, Dict[str, Path]], source: str,
+             model_folder: Optional[Path], folds: Sequence[Union[int, str]], settings: EvaluationSettings) -> Path:
+    """Score ``predictions`` on ``test``, draw the figures and write the report; returns report.md."""
+    figures = output / FIGURES_DIR
+    if test.task_type == CLASSIFICATION:
+        youden = validation_youden(model_folder, folds) if model_folder is not None else None
+        evaluation = evaluate_classification(test, predictions, youden, figures, settings)
+    elif test.task_type == REGRESSION:
+        evaluation = evaluate_regression(test, predictions, figures, settings)
+    else:
+        evaluation = evaluate_segmentation(test, predictions, figures, settings)
+    if model_folder is not None:
+        evaluation.figures += training_curves(model_folder, folds, figures, evaluation.notes)
+    return write_outputs(test, source, evaluation, output, settings)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="fomo_evaluate", description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument("-d", "--dataset", required=True,
+                        help="dataset name or id in nnUNet_raw whose test set (imagesTs, references) is evaluated")
+    parser.add_argument("-o", "--output", type=Path, required=True, help="output folder for the report and results")
+    parser.add_argument("-tr", "--trainer", default=None,
+                        help="trained model to evaluate (its folds and their ensemble); for classification it also "
+                             "gives the Youden threshold, and for every task the training curves")
+    parser.add_argument("-p", "--plans", default=DEFAULT_PLANS, help="plans identifier of the trained model")
+    parser.add_argument("-c", "--configuration", default=DEFAULT_CONFIGURATION, help="configuration of the trained model")
+    parser.add_argument("-f", "--folds", nargs="+", default=list(DEFAULT_FOLDS), help="folds of the trained model")
+    parser.add_argument("-chk", "--checkpoint", default=DEFAULT_CHECKPOINT, help="checkpoint file of each fold")
+    parser.add_argument("-device", "--device", default="cuda", choices=("cuda", "cpu", "mps"),
+                        help="device to predict on")
+    parser.add_argument("--disable_tta", action="store_true", help="no mirroring test-time augmentation")
+    parser.add_argument("--predictions", nargs="+", default=None, metavar="NAME=PATH",
+                        help="evaluate existing predictions instead of predicting: fomo_predict output folders "
+                             "(classification, regression) or folders of masks (segmentation), each under a name")
+    parser.add_argument("--labels", type=Path, default=None,
+                        help="segmentation: folder of reference masks instead of the dataset's labelsTs")
+    parser.add_argument("--n-bootstrap", type=int, default=DEFAULT_N_RESAMPLES, help="bootstrap resamples per CI")
+    parser.add_argument("--seed", type=int, default=DEFAULT_SEED, help="seed of the bootstrap")
+    parser.add_argument("--nsd-tolerance", type=float, default=DEFAULT_NSD_TOLERANCE_MM,
+                        help="tolerance of the normalised surface distance in mm")
+    return parser
+
+
+@cli_entry
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
+    if args.trainer is None and args.predictions is None:
+        raise FomoInputError("nothing to evaluate: name a trained model (-tr) or existing predictions (--predictions)")
+    test = load_test_set(args.dataset, args.labels)
+    settings = EvaluationSettings(args.n_bootstrap, args.seed, args.nsd_tolerance)
+    folds = parse_folds(args.folds)
+    model_folder = None
+    if args.trainer is not None:
+        require_nnunet_ext_trainers()
+        model_folder = trained_model_folder(test.dataset_name, args.trainer, args.plans, args.configuration)
+    if args.predictions is not None:
+        named = parse_named_paths(args.predictions)
+        predictions = given_predictions(test, named)
+        source = ", ".join(f"{name} = `{path}`" for name, path in named.items())
+    else:
+        predictions = predict_test_set(test, model_folder, folds, args.checkpoint, torch.device(args.device),
+                                       not args.disable_tta, args.output / PREDICTIONS_DIR)
+        source = (f"`{model_folder.name}`, folds {', '.join(map(str, folds))} and their ensemble, {args.checkpoint}, "
+                  f"mirroring TTA {'off' if args.disable_tta else 'on'}")
+    report = evaluate(test, args.output, predictions, source, model_folder, folds, settings)
+    log.info("report: %s", report)
+    return 0

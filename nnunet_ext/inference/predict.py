@@ -1,0 +1,230 @@
+"""``fomo_predict``: predict a folder of cases with a trained model's folds, averaged into an ensemble.
+
+- Classification (Task 1): P(positive class) per fold, averaged over folds.
+- Regression (Task 3): the target (age in years) per fold, de-standardised with that fold's training statistics
+  (buffers of the network, so part of each fold's weights), averaged over folds.
+- Segmentation (Task 2): nnU-Net's own sliding-window prediction (logits averaged over folds) written as masks in
+  the original geometry.
+
+Case-level tasks and segmentation share nnU-Net's predictor (network rebuilt from the plans, fold weights, mirror
+axes) and its preprocessing (``preprocessor.run_case_npy``), so intensities match training exactly. Case-level
+networks end in global pooling: each whole preprocessed volume goes through them once per mirroring, through the
+same function that validates them during training (``trainers.case_validation.forward_whole_case``).
+Case-level results go to ``predictions.csv`` and ``predictions.json`` with each fold's value beside the ensemble.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import json
+import logging
+import os
+from pathlib import Path
+from typing import Dict, List, Mapping, Optional, Sequence, Tuple, Union
+
+import numpy as np
+import torch
+from nnunetv2.inference.export_prediction import export_prediction_from_logits
+from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
+from nnunetv2.utilities.file_path_utilities import get_output_folder
+from tqdm import tqdm
+
+from nnunet_ext.dataset_conversion.tasks import CLASSIFICATION, SEGMENTATION
+from nnunet_ext.env import EXT_TRAINER_VAR, ext_trainer_value
+from nnunet_ext.errors import FomoInputError, cli_entry
+from nnunet_ext.inference.inputs import CaseSource, discover_cases, restore_source_geometry, task_of
+from nnunet_ext.preprocessing.registration import register_with_nnunet
+from nnunet_ext.trainers.case_validation import forward_whole_case
+from nnunet_ext.trainers.classification import POSITIVE_CLASS
+from nnunet_ext.trainers.regression import standardiser_of
+from nnunet_ext.utils.files import atomic_write_json, atomic_write_text
+
+log = logging.getLogger(__name__)
+
+PREDICTIONS_STEM = "predictions"
+PREDICTIONS_CSV = f"{PREDICTIONS_STEM}.csv"
+PREDICTIONS_JSON = f"{PREDICTIONS_STEM}.json"
+#: Column of the fold ensemble; each fold's value is in ``fold_<X>``.
+ENSEMBLE_COLUMN = "prediction"
+CASE_COLUMN = "case"
+#: nnU-Net's defaults for ``nnUNetv2_predict``.
+DEFAULT_CHECKPOINT = "checkpoint_final.pth"
+DEFAULT_PLANS = "nnUNetPlans"
+DEFAULT_CONFIGURATION = "3d_fullres"
+DEFAULT_FOLDS = ("0", "1", "2", "3", "4")
+
+
+def fold_column(fold: Union[int, str]) -> str:
+    """Column of one fold's prediction in ``predictions.csv``."""
+    return f"fold_{fold}"
+
+
+def trained_model_folder(dataset: str, trainer: str, plans: str, configuration: str) -> Path:
+    """``$nnUNet_results/DatasetXXX_NAME/<trainer>__<plans>__<configuration>``, refusing one that does not exist."""
+    try:
+        folder = Path(get_output_folder(dataset, trainer, plans, configuration))
+    except RuntimeError as e:  # nnU-Net: nnUNet_results unset, or no dataset with that id
+        raise FomoInputError(str(e)) from None
+    if not folder.is_dir():
+        raise FomoInputError("no trained model here: check -d, -tr, -p and -c", folder)
+    return folder
+
+
+def parse_folds(folds: Sequence[str]) -> List[Union[int, str]]:
+    """Folds as nnU-Net takes them: integers, or ``all``."""
+    return [fold if fold == "all" else int(fold) for fold in folds]
+
+
+def require_nnunet_ext_trainers() -> None:
+    """Let nnU-Net's trainer lookup (run by the predictor) find our trainers without the user exporting anything."""
+    os.environ[EXT_TRAINER_VAR] = ext_trainer_value(os.environ.get(EXT_TRAINER_VAR))
+    # preprocessing looks our normalisation up by name inside nnunetv2
+    register_with_nnunet()
+
+
+class FoldEnsemble:
+    """A trained model folder loaded for prediction with the given folds (nnU-Net's predictor underneath)."""
+
+    def __init__(self, model_folder: Path, folds: Optional[Sequence[Union[int, str]]],
+                 checkpoint: str = DEFAULT_CHECKPOINT, device: torch.device = torch.device("cuda"),
+                 use_mirroring: bool = True):
+        require_nnunet_ext_trainers()
+        self.folds = list(folds) if folds is not None else \
+            nnUNetPredictor.auto_detect_available_folds(str(model_folder), checkpoint)
+        missing = [f for f in self.folds if not (model_folder / f"fold_{f}" / checkpoint).is_file()]
+        if missing or not self.folds:
+            raise FomoInputError(f"no {checkpoint} for fold(s) {missing or 'any'}", model_folder)
+        self.predictor = nnUNetPredictor(use_mirroring=use_mirroring, device=device,
+                                         perform_everything_on_device=device.type == "cuda", allow_tqdm=False)
+        self.predictor.initialize_from_trained_model_folder(str(model_folder), self.folds, checkpoint)
+        self.dataset_json: dict = self.predictor.dataset_json
+        self.task_type: str = task_of(self.dataset_json, model_folder).task_type
+        self.device = device
+
+    def preprocess(self, case: CaseSource) -> Tuple[np.ndarray, dict]:
+        """The case preprocessed exactly as the training data (nnU-Net's preprocessor of the plans)."""
+        plans, configuration = self.predictor.plans_manager, self.predictor.configuration_manager
+        images, properties = case.read(plans.image_reader_writer_class())
+        preprocessor = configuration.preprocessor_class(verbose=False)
+        data, _, properties = preprocessor.run_case_npy(images, None, properties, plans, configuration,
+                                                        self.dataset_json)
+        return data, properties
+
+    def _decode(self, output: torch.Tensor) -> float:
+        """The loaded fold's raw output as the task's prediction: P(positive class) or the target in its unit."""
+        if self.task_type == CLASSIFICATION:
+            return float(torch.softmax(output, 0)[POSITIVE_CLASS])
+        standardiser = standardiser_of(self.predictor.network)
+        return float(standardiser.destandardise(output.to(standardiser.mean.device))[0])
+
+    def case_level(self, data: np.ndarray) -> List[float]:
+        """Each fold's prediction for one preprocessed case (classification or regression)."""
+        network = self.predictor.network
+        network.to(self.device).eval()
+        mirror_axes = self.predictor.allowed_mirroring_axes if self.predictor.use_mirroring else None
+        volume = torch.from_numpy(data).to(self.device)
+        values = []
+        for parameters in self.predictor.list_of_parameters:
+            network.load_state_dict(parameters)
+            with torch.autocast(self.device.type, enabled=self.device.type == "cuda"):
+                output = forward_whole_case(network, volume, mirror_axes)
+            values.append(self._decode(output))
+        return values
+
+    def segment(self, data: np.ndarray, properties: dict, output_truncated: Path) -> Path:
+        """Write the fold-averaged segmentation of one preprocessed case to ``output_truncated`` + file ending."""
+        logits = self.predictor.predict_logits_from_preprocessed_data(torch.from_numpy(data)).cpu()
+        export_prediction_from_logits(logits, properties, self.predictor.configuration_manager,
+                                      self.predictor.plans_manager, self.dataset_json, str(output_truncated))
+        mask = Path(f"{output_truncated}{self.dataset_json['file_ending']}")
+        restore_source_geometry(mask, properties)
+        return mask
+
+
+def case_level_records(ensemble: FoldEnsemble, cases: Sequence[CaseSource]) -> List[Dict[str, Union[str, float]]]:
+    """One record per case: ``case``, the ensemble ``prediction`` (mean over folds) and ``fold_<X>`` values."""
+    records = []
+    for case in tqdm(cases, desc="predicting"):
+        values = ensemble.case_level(ensemble.preprocess(case)[0])
+        records.append({CASE_COLUMN: case.case_id, ENSEMBLE_COLUMN: float(np.mean(values)),
+                        **{fold_column(f): v for f, v in zip(ensemble.folds, values)}})
+    return records
+
+
+def write_records(output_dir: Path, records: Sequence[Mapping[str, object]], stem: str = PREDICTIONS_STEM) -> None:
+    """Write the records as ``<stem>.csv`` (columns from the first record) and ``<stem>.json``, atomically."""
+    table = io.StringIO()
+    writer = csv.DictWriter(table, fieldnames=list(records[0]), lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(records)
+    atomic_write_text(output_dir / f"{stem}.csv", table.getvalue())
+    atomic_write_json(output_dir / f"{stem}.json", list(records))
+
+
+def read_prediction_records(path: Path) -> List[Dict[str, object]]:
+    """The records of a ``predictions.json`` (or of the one inside a ``fomo_predict`` output folder)."""
+    path = path / PREDICTIONS_JSON if path.is_dir() else path
+    if not path.is_file():
+        raise FomoInputError(f"no {PREDICTIONS_JSON} here", path)
+    records = json.loads(path.read_text())
+    if not isinstance(records, list) or not all(CASE_COLUMN in r and ENSEMBLE_COLUMN in r for r in records):
+        raise FomoInputError(f"expected a list of records with '{CASE_COLUMN}' and '{ENSEMBLE_COLUMN}'", path)
+    return records
+
+
+def predict_cases(ensemble: FoldEnsemble, cases: Sequence[CaseSource], output_dir: Path) -> List[Path]:
+    """Predict ``cases`` into ``output_dir``; returns the files written (masks, or the two predictions files)."""
+    output_dir.mkdir(parents=True, exist_ok=True)
+    if ensemble.task_type == SEGMENTATION:
+        return [ensemble.segment(*ensemble.preprocess(case), output_dir / case.case_id)
+                for case in tqdm(cases, desc="segmenting")]
+    write_records(output_dir, case_level_records(ensemble, cases))
+    return [output_dir / PREDICTIONS_CSV, output_dir / PREDICTIONS_JSON]
+
+
+def predict_folder(input_dir: Path, output_dir: Path, model_folder: Path, folds: Optional[Sequence[Union[int, str]]],
+                   checkpoint: str = DEFAULT_CHECKPOINT, device: torch.device = torch.device("cuda"),
+                   use_mirroring: bool = True, nan_to_zero: bool = False) -> List[Path]:
+    """Predict every case of ``input_dir`` (nnU-Net-style or FOMO layout) with the folds of ``model_folder``."""
+    ensemble = FoldEnsemble(model_folder, folds, checkpoint, device, use_mirroring)
+    cases = discover_cases(input_dir, ensemble.dataset_json, nan_to_zero)
+    log.info("predicting %d case(s) with fold(s) %s of %s", len(cases), ensemble.folds, model_folder)
+    return predict_cases(ensemble, cases, output_dir)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="fomo_predict", description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument("-i", "--input", type=Path, required=True,
+                        help="folder of <case>_<XXXX>.nii.gz images (nnU-Net style) or a FOMO task folder "
+                             "(preprocessed/sub_<N>/[ses_<M>/]<modality>.nii.gz)")
+    parser.add_argument("-o", "--output", type=Path, required=True,
+                        help="output folder: masks (segmentation) or predictions.csv/.json (classification, regression)")
+    parser.add_argument("-d", "--dataset", required=True, help="dataset name or id the model was trained on")
+    parser.add_argument("-tr", "--trainer", required=True, help="trainer class, e.g. FomoClassificationTrainer")
+    parser.add_argument("-p", "--plans", default=DEFAULT_PLANS, help="plans identifier")
+    parser.add_argument("-c", "--configuration", default=DEFAULT_CONFIGURATION, help="nnU-Net configuration")
+    parser.add_argument("-f", "--folds", nargs="+", default=list(DEFAULT_FOLDS),
+                        help="folds whose models are averaged (integers, or 'all')")
+    parser.add_argument("-chk", "--checkpoint", default=DEFAULT_CHECKPOINT,
+                        help="checkpoint file of each fold, e.g. checkpoint_best.pth")
+    parser.add_argument("-device", "--device", default="cuda", choices=("cuda", "cpu", "mps"),
+                        help="device to predict on")
+    parser.add_argument("--disable_tta", action="store_true", help="no mirroring test-time augmentation (faster)")
+    parser.add_argument("--nan-to-zero", action="store_true",
+                        help="FOMO folders: replace NaN/Inf voxels by 0 instead of stopping (as fomo_convert's flag)")
+    return parser
+
+
+@cli_entry
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
+    model_folder = trained_model_folder(args.dataset, args.trainer, args.plans, args.configuration)
+    written = predict_folder(args.input, args.output, model_folder, parse_folds(args.folds), args.checkpoint,
+                             torch.device(args.device), not args.disable_tta, args.nan_to_zero)
+    log.info("wrote %d file(s) to %s", len(written), args.output)
+    return 0

@@ -1,0 +1,213 @@
+"""``FomoTrainerBase``: what every FOMO fine-tuning trainer adds to nnU-Net's ``nnUNetTrainer``.
+
+- the network is rebuilt from the plans alone (``build_network_architecture``), for training and for
+  nnU-Net's predictor;
+- the pretrained checkpoint named in the plans (or by ``$FOMO_PRETRAINED``) is loaded at the start of a new
+  training, never when ``--c`` resumes one, and its transfer report is saved in the fold folder;
+- AdamW with linear warm-up and cosine annealing, stepped per epoch as nnU-Net steps its scheduler;
+- ``checkpoint_best.pth`` follows one logged validation metric (:attr:`FomoTrainerBase.selection_metric`), and
+  training stops early once it has not improved for ``early_stopping_patience`` epochs.
+
+Task trainers (segmentation, classification, regression) subclass it and set the class attributes documented
+below; strategy and length variants (``nnunet_ext.trainers.variants``) override one method each.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+from os.path import join
+from typing import Any, ClassVar
+
+import torch
+from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
+from nnunetv2.utilities.get_network_from_plans import get_network_from_plans
+from nnunetv2.utilities.plans_handling.plans_handler import ConfigurationManager, PlansManager
+from torch import nn
+from torch._dynamo import OptimizedModule
+from torch.nn.parallel import DistributedDataParallel
+
+from nnunet_ext.dataset_conversion.tasks import SEGMENTATION
+from nnunet_ext.errors import FomoInputError
+from nnunet_ext.preprocessing.fomo_plans import FomoPlansBlock
+from nnunet_ext.trainers.model_selection import EARLY_STOPPING_PATIENCE, epochs_since_best, patience_exhausted
+from nnunet_ext.trainers.pretrained_loading import (
+    PRETRAINED_ENV_VAR,
+    TRANSFER_REPORT_FILENAME,
+    load_pretrained,
+    resolve_pretrained_source,
+)
+from nnunet_ext.trainers.schedules import WarmupCosineLRScheduler, warmup_epochs_for
+
+#: Peak learning rate and weight decay of AdamW (the FOMO baseline's fine-tuning values).
+FINETUNE_LR = 1e-4
+FINETUNE_WEIGHT_DECAY = 3e-5
+#: Epochs of a full run (nnU-Net's 250 iterations each): 62,500 steps, close to the baseline's 50,000, since
+#: fine-tuning a pretrained network needs far fewer than nnU-Net's 250,000 from scratch.
+FINETUNE_NUM_EPOCHS = 250
+#: nnU-Net's logged EMA of the validation pseudo-Dice, its own criterion for ``checkpoint_best.pth``.
+NNUNET_EMA_DICE = "ema_fg_dice"
+CHECKPOINT_BEST = "checkpoint_best.pth"
+#: nnU-Net's command-line flag for its own (strict, nnU-Net-checkpoint-only) weight loading.
+NNUNET_PRETRAINED_FLAG = "-pretrained_weights"
+
+
+class EarlyStopping(Exception):
+    """Raised between epochs when the selection metric ran out of patience; ends the epoch loop."""
+
+
+def unwrap_network(network: nn.Module) -> nn.Module:
+    """The bare network under nnU-Net's DDP and ``torch.compile`` wrappers (where its state-dict keys live)."""
+    if isinstance(network, DistributedDataParallel):
+        network = network.module
+    if isinstance(network, OptimizedModule):
+        network = network._orig_mod
+    return network
+
+
+def _nnunet_pretrained_flag_given(argv: list[str]) -> bool:
+    """Whether the command line carries nnU-Net's ``-pretrained_weights``, in either argparse spelling."""
+    return any(arg == NNUNET_PRETRAINED_FLAG or arg.startswith(NNUNET_PRETRAINED_FLAG + "=") for arg in argv)
+
+
+class FomoTrainerBase(nnUNetTrainer):
+    """Base of the FOMO fine-tuning trainers (see the module docstring).
+
+    Class attributes for task trainers:
+        task_type: the plans' ``fomo.task_type`` this trainer trains (checked at construction).
+        selection_metric: logger key of the per-epoch validation metric that picks ``checkpoint_best.pth`` and
+            drives early stopping. The trainer must log exactly one value per epoch under it (in
+            ``on_validation_epoch_end``); a key nnU-Net's logger does not know is added at construction.
+        selection_higher_is_better: direction of ``selection_metric`` (False for an error such as MAE).
+        starts_from_pretrained: False only for the ``_Scratch`` variants.
+
+    Hooks for variants: :meth:`parameter_groups` (optimiser groups and their learning rates),
+    ``on_train_epoch_start`` (e.g. freezing), and nnU-Net's instance attributes set in ``__init__``
+    (``num_epochs``, ``num_iterations_per_epoch``, ``early_stopping_patience``, ...).
+    """
+
+    task_type: ClassVar[str]
+    selection_metric: ClassVar[str] = NNUNET_EMA_DICE
+    selection_higher_is_better: ClassVar[bool] = True
+    starts_from_pretrained: ClassVar[bool] = True
+
+    def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
+                 device: torch.device = torch.device("cuda")):
+        super().__init__(plans, configuration, fold, dataset_json, device)
+        self.fomo_plans = FomoPlansBlock.from_configuration(self.configuration_manager.configuration)
+        if self.fomo_plans.task_type != self.task_type:
+            raise FomoInputError(f"{type(self).__name__} trains {self.task_type} tasks, but these plans describe a "
+                                 f"{self.fomo_plans.task_type} task")
+        self.initial_lr = FINETUNE_LR
+        self.weight_decay = FINETUNE_WEIGHT_DECAY
+        self.num_epochs = FINETUNE_NUM_EPOCHS
+        # The pretrained decoder ends in one full-resolution output; deep-supervision heads would start untrained.
+        self.enable_deep_supervision = False
+        self.early_stopping_patience: int | None = EARLY_STOPPING_PATIENCE
+        # nnU-Net's logger accepts only keys present in its dict (see nnunet_logger.LocalLogger.log).
+        self.logger.local_logger.my_fantastic_logging.setdefault(self.selection_metric, [])
+
+    @staticmethod
+    def build_network_architecture(plans_manager: PlansManager, configuration_manager: ConfigurationManager,
+                                   num_input_channels: int, num_output_channels: int,
+                                   enable_deep_supervision: bool = True) -> nn.Module:
+        """The plans' architecture (``FomoUNet``), with the task's number of outputs.
+
+        Segmentation gets nnU-Net's ``num_output_channels`` (one per label); image-level tasks get the plans'
+        ``fomo.num_outputs`` (nnU-Net counts the labels of their brain-mask label maps, which are not outputs).
+        """
+        fomo = FomoPlansBlock.from_configuration(configuration_manager.configuration)
+        num_outputs = num_output_channels if fomo.task_type == SEGMENTATION else fomo.num_outputs
+        return get_network_from_plans(
+            configuration_manager.network_arch_class_name,
+            configuration_manager.network_arch_init_kwargs,
+            configuration_manager.network_arch_init_kwargs_req_import,
+            num_input_channels,
+            num_outputs,
+            allow_init=True,
+            deep_supervision=enable_deep_supervision)
+
+    def initialize(self) -> None:
+        """nnU-Net's initialisation, refusing its ``-pretrained_weights`` first.
+
+        nnU-Net hands that flag's file to a module-level loader right after this method (run_training.py,
+        ``maybe_load_checkpoint``), never to the trainer: the command line is the only place to see it. Its
+        strict loader reads nnU-Net checkpoints only, and the weights it did load would be replaced by ours.
+        """
+        if _nnunet_pretrained_flag_given(sys.argv[1:]):
+            raise FomoInputError(
+                f"{type(self).__name__} loads pretrained weights itself; nnU-Net's {NNUNET_PRETRAINED_FLAG} cannot "
+                f"read FOMO checkpoints. Drop the flag and name the checkpoint at planning "
+                f"(`fomo_plan_and_preprocess --pretrained CKPT`) or with {PRETRAINED_ENV_VAR}=CKPT (an nnU-Net "
+                f"checkpoint_*.pth works there too)")
+        super().initialize()
+
+    def parameter_groups(self) -> list[dict[str, Any]]:
+        """Optimiser parameter groups; a group's ``lr`` is its peak learning rate (default: one group)."""
+        return [{"params": list(self.network.parameters())}]
+
+    def configure_optimizers(self) -> tuple[torch.optim.Optimizer, WarmupCosineLRScheduler]:
+        """AdamW over :meth:`parameter_groups`, with linear warm-up and cosine annealing per epoch."""
+        optimizer = torch.optim.AdamW(self.parameter_groups(), lr=self.initial_lr, weight_decay=self.weight_decay)
+        scheduler = WarmupCosineLRScheduler(optimizer, warmup_epochs_for(self.num_epochs), self.num_epochs)
+        return optimizer, scheduler
+
+    def set_deep_supervision_enabled(self, enabled: bool) -> None:
+        """nnU-Net switches the decoder's deep supervision; image-level networks have no decoder to switch."""
+        if self.task_type == SEGMENTATION:
+            super().set_deep_supervision_enabled(enabled)
+
+    def on_train_start(self) -> None:
+        """nnU-Net's start of training, then the pretrained weights, unless a checkpoint was restored.
+
+        ``--c`` restores a checkpoint (and its epoch counter) before this runs; loading only while the epoch
+        counter is 0 keeps trained weights safe even when ``--c`` finds no checkpoint and starts afresh.
+        """
+        super().on_train_start()
+        if self.current_epoch == 0:
+            self._initialise_from_pretrained()
+
+    def _initialise_from_pretrained(self) -> None:
+        """Transfer the pretrained checkpoint into the network; log and save the transfer report."""
+        if not self.starts_from_pretrained:
+            self.print_to_log_file("Training from scratch: no pretrained weights are loaded.")
+            return
+        source = resolve_pretrained_source(self.fomo_plans.pretrained)
+        report = load_pretrained(unwrap_network(self.network), source)
+        self.print_to_log_file(f"Pretrained checkpoint named by the {source.origin}:\n{report.summary()}")
+        if self.local_rank == 0:
+            report.save(join(self.output_folder, TRANSFER_REPORT_FILENAME))
+
+    def _selection_history(self) -> list[float]:
+        """The selection metric of every validated epoch (restored with the logger on ``--c``)."""
+        return self.logger.get_value(self.selection_metric, step=None)
+
+    def on_epoch_start(self) -> None:
+        """Stop before the next epoch once the selection metric has run out of patience (also after ``--c``)."""
+        history = self._selection_history()
+        if patience_exhausted(history, self.selection_higher_is_better, self.early_stopping_patience):
+            raise EarlyStopping(f"no better {self.selection_metric} for {self.early_stopping_patience} epochs")
+        super().on_epoch_start()
+
+    def on_epoch_end(self) -> None:
+        """nnU-Net's end of epoch, with ``checkpoint_best.pth`` chosen by :attr:`selection_metric`."""
+        # nnU-Net's on_epoch_end saves checkpoint_best.pth whenever its EMA pseudo-Dice beats self._best_ema;
+        # the metric-agnostic rule below replaces it for every task, so nnU-Net's comparison must never succeed.
+        self._best_ema = math.inf
+        super().on_epoch_end()
+        history = self._selection_history()
+        if epochs_since_best(history, self.selection_higher_is_better) == 0:
+            self.print_to_log_file(f"New best {self.selection_metric}: {history[-1]:.4f}")
+            # super() has advanced the epoch counter; the checkpoint must record the finished epoch, as
+            # nnU-Net's own on_train_end does for checkpoint_final.pth.
+            self.current_epoch -= 1
+            self.save_checkpoint(join(self.output_folder, CHECKPOINT_BEST))
+            self.current_epoch += 1
+
+    def run_training(self) -> None:
+        """nnU-Net's training loop; an early stop still ends with ``on_train_end`` (``checkpoint_final.pth``)."""
+        try:
+            super().run_training()
+        except EarlyStopping as stop:
+            self.print_to_log_file(f"Early stopping before epoch {self.current_epoch}: {stop}")
+            self.on_train_end()

@@ -1,0 +1,163 @@
+"""``FomoCaseLevelTrainer``: nnU-Net training for tasks with one target per case (Tasks 1 and 3).
+
+nnU-Net's machinery is built for voxel labels; this class keeps its data pipeline and changes what a batch
+is trained and validated against:
+
+- **Targets.** nnU-Net's batches carry the brain mask as ``target`` (``labelsTr`` of these tasks) and the case
+  ids as ``keys``; the per-case target (class or age) is looked up from dataset.json's ``fomo.targets`` by
+  those ids and replaces the mask before nnU-Net's ``train_step`` runs. The network (encoder + pooling head,
+  no decoder) has no deep supervision; the base class already turns it off.
+- **Crops.** Patches have the plans' patch size, which ``fomo_plan_and_preprocess`` chooses to cover most of a
+  brain, placed at random inside the volume, which nnU-Net's preprocessing cropped to the brain's bounding box:
+  a lesion that defines the label is rarely cropped out. nnU-Net's foreground oversampling is off: with the
+  brain mask as the only label it would centre patches on edge voxels as often as on central ones, putting
+  up to half of a patch outside the brain. nnU-Net's augmentation runs unchanged, mirroring on every axis
+  included: a flip keeps a case-level label (infarct present, age), and the converter keeps each case's
+  stored orientation, so array axes are not the same anatomical axes in every case anyway.
+- **Validation.** Every epoch, each validation case's whole preprocessed volume goes through the network
+  (``case_validation``); the loss and the task metric (:attr:`task_metric`) on those predictions are logged
+  in nnU-Net's logger (and so in wandb when ``nnUNet_wandb_enabled`` is set), the log file and
+  ``progress_<metric>.png``, and the metric picks ``checkpoint_best.pth`` through the base class.
+  nnU-Net's random-patch validation batches are not drawn.
+- **``--val``.** :meth:`perform_actual_validation` writes per-case predictions and a ``summary.json`` with the
+  task metrics (with mirroring test-time augmentation) to ``fold_X/validation/``.
+
+Subclasses define the target encoding, the loss (``_build_loss``), the decoding of outputs and the metrics.
+"""
+
+from __future__ import annotations
+
+import math
+from os.path import join
+from typing import Any, ClassVar, NamedTuple, Optional, Sequence
+
+import numpy as np
+import torch
+
+from nnunet_ext.trainers.base import FomoTrainerBase
+from nnunet_ext.trainers.case_validation import (
+    plot_metric_history,
+    predict_cases,
+    prediction_records,
+    write_validation_outputs,
+)
+from nnunet_ext.trainers.targets import CaseTargets
+
+#: Fraction of each batch centred on a foreground (= brain) voxel: none (see "Crops" above).
+NO_FOREGROUND_OVERSAMPLING = 0.0
+#: Mirroring test-time augmentation of the per-epoch validation. Off: it would multiply the cost of every
+#: epoch's validation by 2 ** (number of axes); ``--val`` (perform_actual_validation) uses it.
+EPOCH_VALIDATION_MIRROR_AXES = None
+#: nnU-Net's end-of-epoch code prints and plots its pseudo-Dice; a case-level task has none, so it is logged
+#: as NaN (matplotlib leaves NaN points out of progress.png, and NaN never beats the base's best checkpoint).
+NO_PSEUDO_DICE = float("nan")
+
+
+class CaseValidation(NamedTuple):
+    """One whole-case validation: raw outputs, targets, decoded predictions (aligned) and the task metrics."""
+
+    case_ids: list[str]
+    outputs: torch.Tensor
+    targets: np.ndarray
+    predictions: np.ndarray
+    metrics: dict[str, Any]
+
+
+class FomoCaseLevelTrainer(FomoTrainerBase):
+    """Base of the classification and regression trainers (see the module docstring).
+
+    Class attributes for subclasses (besides the base's ``task_type`` and ``selection_metric``, the logger key
+    under which the per-epoch value of ``task_metric`` is logged):
+        task_metric: the key of :meth:`task_metrics`' result that validates each epoch (``auroc``, ``mae``).
+        prediction_name: column of ``predictions.csv`` holding the prediction (e.g. ``probability``).
+    """
+
+    task_metric: ClassVar[str]
+    prediction_name: str
+
+    def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
+                 device: torch.device = torch.device("cuda")):
+        super().__init__(plans, configuration, fold, dataset_json, device)
+        self.case_targets = CaseTargets.from_dataset_json(dataset_json, self.task_type)
+        self.oversample_foreground_percent = NO_FOREGROUND_OVERSAMPLING
+        self.validation_dataset = None  # -> on_train_start
+
+    # -- what subclasses define -------------------------------------------------------------------------
+
+    def encode_targets(self, case_ids: list[str]) -> torch.Tensor:
+        """The loss's targets for ``case_ids`` (a batch's ``keys``)."""
+        raise NotImplementedError
+
+    def decode_outputs(self, outputs: torch.Tensor) -> np.ndarray:
+        """Per-case predictions (probability, age) from raw network outputs ``[N, num_outputs]``."""
+        raise NotImplementedError
+
+    def task_metrics(self, targets: np.ndarray, predictions: np.ndarray) -> dict[str, Any]:
+        """Every metric of the task for one set of predictions (written to ``summary.json``)."""
+        raise NotImplementedError
+
+    # -- training -------------------------------------------------------------------------------------
+
+    def on_train_start(self) -> None:
+        super().on_train_start()
+        self.validation_dataset = self._validation_dataset()
+        # Validation runs on whole cases in on_validation_epoch_end; nnU-Net's patch batches would only cost time.
+        self.num_val_iterations_per_epoch = 0
+
+    def train_step(self, batch: dict) -> dict:
+        """nnU-Net's training step, against the cases' targets instead of their brain masks."""
+        return super().train_step({**batch, "target": self.encode_targets(list(batch["keys"]))})
+
+    def on_validation_epoch_end(self, val_outputs: list[dict]) -> None:
+        """Validate on every whole validation case: log the loss and ``selection_metric``."""
+        result = self._validate(self.validation_dataset, EPOCH_VALIDATION_MIRROR_AXES)
+        loss = self.loss(result.outputs.to(self.device), self.encode_targets(result.case_ids).to(self.device))
+        metric = result.metrics[self.task_metric]
+        self.logger.log("val_losses", loss.item(), self.current_epoch)
+        self.logger.log(self.selection_metric, metric, self.current_epoch)
+        self.logger.log("mean_fg_dice", NO_PSEUDO_DICE, self.current_epoch)
+        self.logger.log("dice_per_class_or_region", [], self.current_epoch)
+        self.print_to_log_file(f"{self.selection_metric} ({len(result.case_ids)} whole cases): {metric:.4f}")
+
+    def on_epoch_end(self) -> None:
+        super().on_epoch_end()
+        if self.local_rank == 0:
+            plot_metric_history(self.logger.get_value(self.selection_metric, step=None), self.selection_metric,
+                                join(self.output_folder, f"progress_{self.selection_metric}.png"))
+
+    # -- validation after training (``--val``) --------------------------------------------------------
+
+    def perform_actual_validation(self, save_probabilities: bool = False) -> None:
+        """Predict every validation case (whole volume, mirroring TTA) and write them with the task metrics.
+
+        Writes ``validation/predictions.csv`` and ``.json`` (case, target, prediction, fold) and
+        ``validation/summary.json``. ``save_probabilities`` (nnU-Net's ``--npz``) changes nothing: the
+        per-case probability or value is always written.
+        """
+        self.network.eval()
+        result = self._validate(self._validation_dataset(), self.inference_allowed_mirroring_axes)
+        case_ids, metrics = result.case_ids, result.metrics
+        records = prediction_records(dict(zip(case_ids, result.targets.tolist())),
+                                     dict(zip(case_ids, result.predictions)), self.fold, self.prediction_name)
+        summary = {"task_type": self.task_type, "fold": self.fold, "trainer": type(self).__name__,
+                   "n_cases": len(case_ids), "mirror_axes": list(self.inference_allowed_mirroring_axes or ()),
+                   "metrics": metrics}
+        write_validation_outputs(join(self.output_folder, "validation"), records, summary)
+        for name, value in metrics.items():
+            if isinstance(value, float) and not math.isnan(value):
+                self.logger.log_summary(f"final_val/{name}", value)
+        self.print_to_log_file(f"Validation {self.task_metric} ({len(case_ids)} cases): "
+                               f"{metrics[self.task_metric]:.4f}", also_print_to_console=True)
+
+    def _validate(self, dataset, mirror_axes: Optional[Sequence[int]]) -> CaseValidation:
+        """Predict every case of ``dataset`` whole and score the predictions against the cases' targets."""
+        case_ids, outputs = predict_cases(self.network, dataset, self.device, mirror_axes)
+        targets = self.case_targets.lookup(case_ids)
+        predictions = self.decode_outputs(outputs)
+        return CaseValidation(case_ids, outputs, targets, predictions, self.task_metrics(targets, predictions))
+
+    def _validation_dataset(self):
+        """nnU-Net's dataset of this fold's validation cases (whole preprocessed volumes)."""
+        _, val_keys = self.do_split()
+        return self.dataset_class(self.preprocessed_dataset_folder, val_keys,
+                                  folder_with_segs_from_previous_stage=self.folder_with_segs_from_previous_stage)

@@ -1,0 +1,65 @@
+"""``FomoClassificationTrainer``: FOMO Task 1 (infarct yes / no) with the pretrained encoder and a pooling head.
+
+Cross-entropy (with label smoothing) on the per-case class, class-balanced case sampling, and AUROC on whole
+validation cases picking ``checkpoint_best.pth``; the shared case-level machinery is ``FomoCaseLevelTrainer``.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+import numpy as np
+import torch
+
+from nnunet_ext.dataset_conversion.tasks import CLASSIFICATION
+from nnunet_ext.evaluation.classification import classification_metrics
+from nnunet_ext.trainers.case_level import FomoCaseLevelTrainer
+from nnunet_ext.trainers.sampling import class_balanced_probabilities, set_sampling_probabilities, wrapped_loader
+
+#: Label smoothing of the cross-entropy: with 21 training cases the network can memorise every label within a
+#: few epochs; smoothed targets keep its logits bounded and its probabilities less overconfident.
+LABEL_SMOOTHING = 0.1
+#: Index of the positive class (infarct present) among the network's logits.
+POSITIVE_CLASS = 1
+
+
+def positive_probability(logits: torch.Tensor) -> np.ndarray:
+    """P(positive class) per case from logits ``[N, 2]`` (also for prediction outside the trainer)."""
+    return torch.softmax(logits.float(), dim=1)[:, POSITIVE_CLASS].cpu().numpy()
+
+
+class FomoClassificationTrainer(FomoCaseLevelTrainer):
+    """Binary classification of whole cases; reports P(positive class) per case."""
+
+    task_type: ClassVar[str] = CLASSIFICATION
+    task_metric: ClassVar[str] = "auroc"
+    selection_metric: ClassVar[str] = "val_auroc"
+    selection_higher_is_better: ClassVar[bool] = True
+    prediction_name: ClassVar[str] = "probability"
+    label_smoothing: ClassVar[float] = LABEL_SMOOTHING
+
+    def _build_loss(self) -> torch.nn.Module:
+        return torch.nn.CrossEntropyLoss(label_smoothing=self.label_smoothing)
+
+    def get_dataloaders(self):
+        """nnU-Net's loaders, the training one drawing both classes equally often (Task 1 is 13 / 8)."""
+        train, val = super().get_dataloaders()
+        case_ids = list(wrapped_loader(train).indices)
+        set_sampling_probabilities(train, class_balanced_probabilities(case_ids, self.case_targets.lookup(case_ids)))
+        return train, val
+
+    def encode_targets(self, case_ids: list[str]) -> torch.Tensor:
+        """Class indices ``[B]`` (long), as cross-entropy takes them."""
+        return torch.from_numpy(self.case_targets.lookup(case_ids))
+
+    def decode_outputs(self, outputs: torch.Tensor) -> np.ndarray:
+        return positive_probability(outputs)
+
+    def task_metrics(self, targets: np.ndarray, predictions: np.ndarray) -> dict[str, Any]:
+        return classification_metrics(targets, predictions)
+
+
+class FomoClassificationTrainer_noSmoothing(FomoClassificationTrainer):
+    """Plain cross-entropy (the FOMO baseline's loss)."""
+
+    label_smoothing: ClassVar[float] = 0.0

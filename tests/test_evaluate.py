@@ -1,0 +1,179 @@
+"""fomo_evaluate: metrics, CIs, per-case table, summary.json and report.md, on hand-made predictions (against
+metric functions called directly) and on tiny trained models (every fold and the ensemble)."""
+
+from __future__ import annotations
+
+import csv
+import json
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+from fomo_files import write_nifti
+from trained_models import FOLDS, TrainedModel, use_model
+
+from nnunet_ext.errors import EXIT_BAD_INPUT
+from nnunet_ext.evaluation.classification import classification_metrics, youden_threshold
+from nnunet_ext.evaluation.evaluate import main
+from nnunet_ext.evaluation.regression import regression_metrics
+from nnunet_ext.evaluation.segmentation import segmentation_metrics
+
+#: Few resamples keep the tests fast; the intervals' correctness is tested with the bootstrap itself.
+N_BOOTSTRAP = 50
+DATASET_ID = 990
+SHAPE = (12, 10, 8)
+SPACING = (1.0, 1.0, 2.0)
+
+
+def hand_made_dataset(raw_root: Path, task_type: str, test_targets: dict) -> Path:
+    """A raw dataset folder holding only what evaluation reads: dataset.json with the test targets."""
+    raw = raw_root / f"Dataset{DATASET_ID}_Eval"
+    raw.mkdir(parents=True)
+    dataset_json = {"channel_names": {"0": "DWI"}, "labels": {"background": 0, "target": 1}, "numTraining": 0,
+                    "file_ending": ".nii.gz", "fomo": {"task_type": task_type, "test_targets": test_targets}}
+    (raw / "dataset.json").write_text(json.dumps(dataset_json))
+    return raw
+
+
+def write_predictions(folder: Path, predictions: dict) -> Path:
+    """A fomo_predict output folder (predictions.json) with one fold."""
+    folder.mkdir(parents=True)
+    records = [{"case": c, "prediction": p, "fold_0": p} for c, p in predictions.items()]
+    (folder / "predictions.json").write_text(json.dumps(records))
+    return folder
+
+
+def read_summary(output: Path) -> dict:
+    return json.loads((output / "summary.json").read_text())
+
+
+def embedded_figures(output: Path) -> list[str]:
+    """Figures report.md embeds, checked to exist."""
+    paths = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", (output / "report.md").read_text())
+    assert paths and all((output / p).is_file() for p in paths)
+    return paths
+
+
+def test_classification_from_prediction_files(nnunet_dirs, tmp_path: Path) -> None:
+    targets = {f"sub_{i}_ses_1": i % 2 for i in range(8)}
+    probabilities = dict(zip(targets, [0.1, 0.8, 0.3, 0.4, 0.2, 0.9, 0.6, 0.7]))
+    hand_made_dataset(nnunet_dirs["nnUNet_raw"], "classification", targets)
+    model_a = write_predictions(tmp_path / "a", probabilities)
+    output = tmp_path / "eval"
+    assert main(["-d", str(DATASET_ID), "-o", str(output), "--predictions", f"A={model_a}",
+                 "--n-bootstrap", str(N_BOOTSTRAP)]) == 0
+
+    summary = read_summary(output)
+    (table,) = summary["tables"]  # no trained model: no Youden threshold, only 0.5
+    expected = classification_metrics(list(targets.values()), list(probabilities.values()), threshold=0.5)
+    for name in ("auroc", "accuracy", "sensitivity", "specificity"):
+        metric = table["metrics"]["A"][name]
+        assert metric["value"] == pytest.approx(expected[name])
+        assert metric["ci_low"] <= metric["value"] <= metric["ci_high"]
+    assert summary["n_cases"] == len(targets)
+    with open(output / "per_case.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert {(r["case"], float(r["prediction"])) for r in rows} == set(probabilities.items())
+    assert {"figures/roc.png", "figures/confusion_matrix_0.500.png"} <= set(embedded_figures(output))
+    assert "Youden" in (output / "report.md").read_text()  # the note says why it is missing
+
+
+def test_regression_from_prediction_files(nnunet_dirs, tmp_path: Path) -> None:
+    targets = {f"sub_{i}_ses_1": float(20 + 7 * i) for i in range(6)}
+    predicted = {c: t + (3.0 if i % 2 else -5.0) for i, (c, t) in enumerate(targets.items())}
+    hand_made_dataset(nnunet_dirs["nnUNet_raw"], "regression", targets)
+    output = tmp_path / "eval"
+    assert main(["-d", str(DATASET_ID), "-o", str(output), "--n-bootstrap", str(N_BOOTSTRAP),
+                 "--predictions", f"ensemble={write_predictions(tmp_path / 'e', predicted)}"]) == 0
+
+    metrics = read_summary(output)["tables"][0]["metrics"]["ensemble"]
+    expected = regression_metrics(list(targets.values()), list(predicted.values()))
+    assert metrics["mae"]["value"] == pytest.approx(expected["mae"]) == pytest.approx(4.0)
+    assert metrics["pearson_r"]["value"] == pytest.approx(expected["pearson_r"])
+    assert {"figures/age_scatter.png", "figures/bland_altman.png"} <= set(embedded_figures(output))
+
+
+def test_segmentation_from_mask_folders(nnunet_dirs, tmp_path: Path) -> None:
+    raw = hand_made_dataset(nnunet_dirs["nnUNet_raw"], "segmentation", {})
+    rng = np.random.default_rng(0)
+    expected = {}
+    for i in range(3):
+        case = f"sub_{i}_ses_1"
+        reference = np.zeros(SHAPE, np.uint8)
+        reference[3:7, 3:6, 2:5] = 1
+        prediction = np.roll(reference, i, axis=0)
+        write_nifti(raw / "labelsTs" / f"{case}.nii.gz", reference, SPACING)
+        write_nifti(tmp_path / "masks" / f"{case}.nii.gz", prediction, SPACING)
+        write_nifti(raw / "imagesTs" / f"{case}_0000.nii.gz", rng.random(SHAPE).astype(np.float32), SPACING)
+        # arrays in SimpleITK's (z, y, x) order, spacing reversed to match
+        expected[case] = segmentation_metrics(reference.T, prediction.T, SPACING[::-1])
+    output = tmp_path / "eval"
+    assert main(["-d", str(DATASET_ID), "-o", str(output), "--predictions", f"model={tmp_path / 'masks'}",
+                 "--n-bootstrap", str(N_BOOTSTRAP)]) == 0
+
+    with open(output / "per_case.csv") as f:
+        rows = {r["case"]: r for r in csv.DictReader(f)}
+    for case, metrics in expected.items():
+        assert float(rows[case]["dice"]) == pytest.approx(metrics["dice"])
+        assert float(rows[case]["nsd"]) == pytest.approx(metrics["nsd"])
+    mean_dice = read_summary(output)["tables"][0]["metrics"]["model"]["dice"]["value"]
+    assert mean_dice == pytest.approx(np.mean([m["dice"] for m in expected.values()]))
+    figures = embedded_figures(output)
+    assert "figures/dice_per_case.png" in figures and any("overlay_" in f for f in figures)
+
+
+def test_missing_prediction_for_a_test_case_is_refused(nnunet_dirs, tmp_path: Path,
+                                                       capsys: pytest.CaptureFixture) -> None:
+    hand_made_dataset(nnunet_dirs["nnUNet_raw"], "regression", {"sub_1_ses_1": 30.0, "sub_2_ses_1": 40.0})
+    predictions = write_predictions(tmp_path / "p", {"sub_1_ses_1": 31.0})
+    with pytest.raises(SystemExit) as exit_info:
+        main(["-d", str(DATASET_ID), "-o", str(tmp_path / "eval"), "--predictions", f"p={predictions}"])
+    assert exit_info.value.code == EXIT_BAD_INPUT
+    assert "sub_2_ses_1" in capsys.readouterr().err
+
+
+def evaluate_model(model: TrainedModel, output: Path) -> dict:
+    assert main(["-d", model.dataset_id, "-o", str(output), "-tr", model.trainer, "-f", *map(str, FOLDS),
+                 "-device", "cpu", "--n-bootstrap", str(N_BOOTSTRAP)]) == 0
+    return read_summary(output)
+
+
+def pooled_validation(model: TrainedModel) -> tuple[list, list]:
+    records = [r for f in FOLDS for r in
+               json.loads((model.model_folder / f"fold_{f}" / "validation" / "predictions.json").read_text())]
+    return [r["target"] for r in records], [r["probability"] for r in records]
+
+
+def test_trained_classifier_every_fold_and_the_ensemble(trained_model, tmp_path: Path,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    model = trained_model("classification")
+    use_model(monkeypatch, model)
+    summary = evaluate_model(model, tmp_path / "eval")
+
+    youden = youden_threshold(*pooled_validation(model))
+    assert [t["threshold"] for t in summary["tables"]] == [0.5, pytest.approx(youden)]
+    for table in summary["tables"]:
+        assert list(table["metrics"]) == [*(f"fold {f}" for f in FOLDS), "ensemble"]
+    predictions = json.loads((tmp_path / "eval" / "predictions" / "predictions.json").read_text())
+    targets = model.test_targets
+    auroc = classification_metrics([targets[r["case"]] for r in predictions], [r["prediction"] for r in predictions])
+    assert summary["tables"][0]["metrics"]["ensemble"]["auroc"]["value"] == pytest.approx(auroc["auroc"], nan_ok=True)
+    figures = embedded_figures(tmp_path / "eval")
+    assert {"figures/roc.png", *(f"figures/training_curves_fold_{f}.png" for f in FOLDS)} <= set(figures)
+
+
+@pytest.mark.parametrize("task_type", ["regression", "segmentation"])
+def test_trained_model_evaluation_writes_every_model(task_type: str, trained_model, tmp_path: Path,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    model = trained_model(task_type)
+    use_model(monkeypatch, model)
+    summary = evaluate_model(model, tmp_path / "eval")
+
+    (table,) = summary["tables"]
+    assert list(table["metrics"]) == [*(f"fold {f}" for f in FOLDS), "ensemble"]
+    metric = "mae" if task_type == "regression" else "dice"
+    assert all(np.isfinite(m[metric]["value"]) for m in table["metrics"].values())
+    with open(tmp_path / "eval" / "per_case.csv") as f:
+        assert len(list(csv.DictReader(f))) == len(model.test_targets) * (len(FOLDS) + 1)
+    assert any("training_curves" in f for f in embedded_figures(tmp_path / "eval"))

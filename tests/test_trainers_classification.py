@@ -1,0 +1,123 @@
+"""FomoClassificationTrainer (Task 1) trained by nnU-Net's own run_training on a tiny planned dataset, on the CPU."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from case_level_datasets import (
+    CaseLevelDataset,
+    build_trainer,
+    plan_case_level_dataset,
+    shortened,
+    train_in_process,
+)
+from nnunet_ext.trainers import FomoClassificationTrainer
+from nnunet_ext.trainers.sampling import wrapped_loader
+
+DEBUG_TRAINER = "FomoClassificationTrainer_debug"
+N_CASES = 10
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory: pytest.TempPathFactory):
+    with pytest.MonkeyPatch.context() as mp:
+        yield plan_case_level_dataset(tmp_path_factory.mktemp("classification"), "classification", N_CASES, mp)
+
+
+@pytest.fixture(scope="module")
+def trained(dataset: CaseLevelDataset) -> Path:
+    """Fold 0 of the ``_debug`` variant: 2 epochs of 4 iterations, then nnU-Net's final validation."""
+    return dataset.train(DEBUG_TRAINER)
+
+
+def _trainer(dataset: CaseLevelDataset) -> FomoClassificationTrainer:
+    trainer = build_trainer(dataset, FomoClassificationTrainer)
+    trainer.initialize()
+    return trainer
+
+
+def _read_csv(path: Path) -> list[dict]:
+    with open(path) as f:
+        return list(csv.DictReader(f))
+
+
+def test_fold_folder_holds_checkpoints_report_and_validation(trained: Path, dataset: CaseLevelDataset):
+    for name in ("checkpoint_final.pth", "checkpoint_best.pth", "pretrained_transfer_report.json",
+                 "progress.png", "progress_val_auroc.png"):
+        assert (trained / name).is_file(), name
+    val_cases = dataset.splits[0]["val"]
+    rows = _read_csv(trained / "validation" / "predictions.csv")
+    assert [r["case"] for r in rows] == sorted(val_cases)
+    for row in rows:
+        assert int(row["target"]) == dataset.targets[row["case"]]
+        assert 0.0 <= float(row["probability"]) <= 1.0 and row["fold"] == "0"
+    assert json.loads((trained / "validation" / "predictions.json").read_text())[0]["case"] == rows[0]["case"]
+    summary = json.loads((trained / "validation" / "summary.json").read_text())
+    assert summary["task_type"] == "classification" and summary["n_cases"] == len(val_cases)
+    assert math.isfinite(summary["metrics"]["auroc"])
+    assert summary["mirror_axes"] == [0, 1, 2]
+
+
+def test_every_epoch_logs_the_whole_case_auroc(trained: Path):
+    checkpoint = torch.load(trained / "checkpoint_final.pth", map_location="cpu", weights_only=False)
+    logged = checkpoint["logging"]
+    assert len(logged["val_auroc"]) == len(logged["train_losses"]) == 2
+    assert all(math.isfinite(v) for v in logged["val_auroc"] + logged["val_losses"])
+    log_text = "".join(p.read_text() for p in trained.glob("training_log_*.txt"))
+    assert "val_auroc (2 whole cases)" in log_text
+
+
+def test_val_rerun_reproduces_the_predictions_from_the_checkpoint(trained: Path, dataset: CaseLevelDataset):
+    before = _read_csv(trained / "validation" / "predictions.csv")
+    (trained / "validation" / "predictions.csv").unlink()
+    dataset.train(DEBUG_TRAINER, only_run_validation=True)
+    after = _read_csv(trained / "validation" / "predictions.csv")
+    assert [r["case"] for r in after] == [r["case"] for r in before]
+    np.testing.assert_allclose([float(r["probability"]) for r in after],
+                               [float(r["probability"]) for r in before], rtol=1e-5)
+
+
+def test_the_loss_receives_the_targets_of_the_batch_keys(dataset: CaseLevelDataset):
+    trainer = _trainer(dataset)
+    received = []
+    real_loss = trainer.loss
+    trainer.loss = lambda output, target: received.append(target) or real_loss(output, target)
+    keys = ["sub_2_ses_1", "sub_1_ses_1", "sub_2_ses_1"]  # classes 1, 0, 1
+    brain_mask = torch.ones(3, 1, 32, 32, 32)
+    trainer.train_step({"data": torch.rand(3, 2, 32, 32, 32), "target": brain_mask, "keys": keys})
+    assert received[0].tolist() == [dataset.targets[k] for k in keys] == [1, 0, 1]
+
+
+def test_training_loader_balances_the_classes(dataset: CaseLevelDataset):
+    trainer = _trainer(dataset)
+    train_loader, _ = trainer.get_dataloaders()
+    loader = wrapped_loader(train_loader)
+    labels = np.array([dataset.targets[c] for c in loader.indices])
+    p = np.asarray(loader.sampling_probabilities)
+    assert p.sum() == pytest.approx(1.0)
+    assert p[labels == 0].sum() == pytest.approx(p[labels == 1].sum())
+
+
+#: Opt-in learning test: 24 cases in 2 folds (12 validation cases), a few CPU minutes.
+LEARNING_CASES, LEARNING_FOLDS, LEARNING_EPOCHS, LEARNING_ITERATIONS = 24, 2, 15, 10
+#: The test checkpoint holds random weights, so this is training from scratch: 10x the fine-tuning rate.
+LEARNING_RATE = 1e-3
+MIN_LEARNED_AUROC = 0.8
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(os.environ.get("RUN_SLOW") != "1", reason="learning test: set RUN_SLOW=1")
+def test_classifier_learns_the_lesion_signal(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    data = plan_case_level_dataset(tmp_path, "classification", LEARNING_CASES, monkeypatch, n_folds=LEARNING_FOLDS)
+    trainer_class = shortened(FomoClassificationTrainer, LEARNING_EPOCHS, LEARNING_ITERATIONS, LEARNING_RATE)
+    fold = train_in_process(data, trainer_class)
+    summary = json.loads((fold / "validation" / "summary.json").read_text())
+    assert summary["metrics"]["auroc"] > MIN_LEARNED_AUROC

@@ -1,0 +1,138 @@
+"""FomoRegressionTrainer (Task 3) trained by nnU-Net's own run_training on a tiny planned dataset, on the CPU."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from batchgeneratorsv2.transforms.spatial.spatial import SpatialTransform
+from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
+
+from case_level_datasets import (
+    PATCH,
+    CaseLevelDataset,
+    build_trainer,
+    plan_case_level_dataset,
+    shortened,
+    train_in_process,
+)
+from nnunet_ext.trainers import FomoRegressionTrainer
+from nnunet_ext.trainers.regression import STANDARDISER_ATTRIBUTE, standardiser_of
+
+DEBUG_TRAINER = "FomoRegressionTrainer_debug"
+N_CASES = 10
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory: pytest.TempPathFactory):
+    with pytest.MonkeyPatch.context() as mp:
+        yield plan_case_level_dataset(tmp_path_factory.mktemp("regression"), "regression", N_CASES, mp)
+
+
+@pytest.fixture(scope="module")
+def trained(dataset: CaseLevelDataset) -> Path:
+    """Fold 0 of the ``_debug`` variant: 2 epochs of 4 iterations, then nnU-Net's final validation."""
+    return dataset.train(DEBUG_TRAINER)
+
+
+def _training_ages(dataset: CaseLevelDataset) -> np.ndarray:
+    return np.array([dataset.targets[c] for c in dataset.splits[0]["train"]])
+
+
+def _trainer(dataset: CaseLevelDataset) -> FomoRegressionTrainer:
+    trainer = build_trainer(dataset, FomoRegressionTrainer)
+    trainer.initialize()
+    return trainer
+
+
+def _read_csv(path: Path) -> list[dict]:
+    with open(path) as f:
+        return list(csv.DictReader(f))
+
+
+def test_fold_folder_holds_checkpoints_report_and_validation(trained: Path, dataset: CaseLevelDataset):
+    for name in ("checkpoint_final.pth", "checkpoint_best.pth", "pretrained_transfer_report.json",
+                 "progress.png", "progress_val_mae.png"):
+        assert (trained / name).is_file(), name
+    rows = _read_csv(trained / "validation" / "predictions.csv")
+    assert [r["case"] for r in rows] == sorted(dataset.splits[0]["val"])
+    assert all(float(r["target"]) == dataset.targets[r["case"]] for r in rows)
+    predicted = np.array([float(r["predicted_age"]) for r in rows])
+    assert np.all(np.isfinite(predicted))
+    summary = json.loads((trained / "validation" / "summary.json").read_text())
+    metrics = summary["metrics"]
+    assert summary["task_type"] == "regression" and math.isfinite(metrics["mae"])
+    truth = np.array([float(r["target"]) for r in rows])
+    assert metrics["mae"] == pytest.approx(np.abs(predicted - truth).mean(), rel=1e-4)
+    assert metrics["mae_of_training_mean"] == pytest.approx(np.abs(truth - _training_ages(dataset).mean()).mean())
+
+
+def test_checkpoints_carry_the_training_fold_standardisation(trained: Path, dataset: CaseLevelDataset):
+    ages = _training_ages(dataset)
+    for name in ("checkpoint_final.pth", "checkpoint_best.pth"):
+        weights = torch.load(trained / name, map_location="cpu", weights_only=False)["network_weights"]
+        assert weights[f"{STANDARDISER_ATTRIBUTE}.mean"].item() == pytest.approx(ages.mean(), rel=1e-6)
+        assert weights[f"{STANDARDISER_ATTRIBUTE}.std"].item() == pytest.approx(ages.std(), rel=1e-6)
+
+
+def test_every_epoch_logs_the_whole_case_mae(trained: Path):
+    logged = torch.load(trained / "checkpoint_final.pth", map_location="cpu", weights_only=False)["logging"]
+    assert len(logged["val_mae"]) == len(logged["train_losses"]) == 2
+    assert all(math.isfinite(v) and v >= 0 for v in logged["val_mae"])
+
+
+def test_val_rerun_reproduces_the_ages_from_the_checkpoint(trained: Path, dataset: CaseLevelDataset):
+    before = _read_csv(trained / "validation" / "predictions.csv")
+    (trained / "validation" / "predictions.csv").unlink()
+    dataset.train(DEBUG_TRAINER, only_run_validation=True)
+    after = _read_csv(trained / "validation" / "predictions.csv")
+    np.testing.assert_allclose([float(r["predicted_age"]) for r in after],
+                               [float(r["predicted_age"]) for r in before], rtol=1e-5)
+
+
+def test_the_loss_receives_the_standardised_targets_of_the_batch_keys(dataset: CaseLevelDataset):
+    trainer = _trainer(dataset)
+    ages = _training_ages(dataset)
+    standardiser_of(trainer.network).fit(ages)
+    received = []
+    real_loss = trainer.loss
+    trainer.loss = lambda output, target: received.append(target) or real_loss(output, target)
+    keys = ["sub_3_ses_1", "sub_7_ses_1"]
+    trainer.train_step({"data": torch.rand(2, 2, PATCH, PATCH, PATCH), "target": torch.ones(2, 1, PATCH, PATCH, PATCH),
+                        "keys": keys})
+    expected = [[(dataset.targets[k] - ages.mean()) / ages.std()] for k in keys]
+    np.testing.assert_allclose(received[0].numpy(), expected, rtol=1e-5, atol=1e-5)
+
+
+def test_training_augmentation_never_rescales(dataset: CaseLevelDataset):
+    trainer = _trainer(dataset)
+    args = ((PATCH,) * 3, (-0.5, 0.5), None, (0, 1, 2), False)
+
+    def spatial(transforms):
+        return [t for t in transforms.transforms if isinstance(t, SpatialTransform)]
+
+    assert all(t.p_scaling > 0 for t in spatial(nnUNetTrainer.get_training_transforms(*args)))
+    ours = spatial(trainer.get_training_transforms(*args))
+    assert ours and all(t.p_scaling == 0 and t.p_rotation > 0 for t in ours)
+
+
+#: Opt-in learning test: 24 cases in 2 folds (12 validation cases), a few CPU minutes.
+LEARNING_CASES, LEARNING_FOLDS, LEARNING_EPOCHS, LEARNING_ITERATIONS = 24, 2, 15, 10
+#: The test checkpoint holds random weights, so this is training from scratch: 10x the fine-tuning rate.
+LEARNING_RATE = 1e-3
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(os.environ.get("RUN_SLOW") != "1", reason="learning test: set RUN_SLOW=1")
+def test_regressor_beats_predicting_the_training_mean(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    data = plan_case_level_dataset(tmp_path, "regression", LEARNING_CASES, monkeypatch, n_folds=LEARNING_FOLDS)
+    trainer_class = shortened(FomoRegressionTrainer, LEARNING_EPOCHS, LEARNING_ITERATIONS, LEARNING_RATE)
+    fold = train_in_process(data, trainer_class)
+    metrics = json.loads((fold / "validation" / "summary.json").read_text())["metrics"]
+    assert metrics["mae"] < metrics["mae_of_training_mean"]

@@ -1,0 +1,282 @@
+"""FomoFinetuneTrainer through nnU-Net's own commands on the CPU: train, --val, --c, predict, pretrained weights."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+import torch
+from nnunetv2.run.run_training import get_trainer_from_args, maybe_load_checkpoint, run_training
+from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
+
+from nnunet_ext.env import EXT_TRAINER_VAR, TRAINER_LOOKUP_FOLDER
+from nnunet_ext.errors import FomoInputError
+from nnunet_ext.networks import FomoUNet
+from nnunet_ext.preprocessing.fomo_plans import PretrainedSpec
+from nnunet_ext.pretrained import sha256_of_file
+from nnunet_ext.pretrained.testing import make_fomo_checkpoint
+from nnunet_ext.trainers import FomoFinetuneTrainer
+from nnunet_ext.trainers.base import FINETUNE_NUM_EPOCHS
+from nnunet_ext.trainers.pretrained_loading import (
+    PRETRAINED_ENV_VAR,
+    TRANSFER_REPORT_FILENAME,
+    PretrainedSource,
+    load_pretrained,
+    resolve_pretrained_source,
+)
+from trainer_datasets import (
+    CONFIGURATION,
+    DATASET_ID,
+    DATASET_NAME,
+    STARTING_FILTERS,
+    TRAINING_ENV,
+    PlannedDataset,
+    planned_segmentation_dataset,
+    use_dataset,
+)
+
+DEBUG_TRAINER = "FomoFinetuneTrainer_debug"
+FOLD = 0
+CPU = torch.device("cpu")
+BIN = Path(sys.executable).parent
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory: pytest.TempPathFactory) -> PlannedDataset:
+    return planned_segmentation_dataset(tmp_path_factory)
+
+
+@pytest.fixture
+def nnunet_env(dataset: PlannedDataset, monkeypatch: pytest.MonkeyPatch) -> PlannedDataset:
+    """This process set up as after ``eval "$(fomo_env)"``, on the test dataset."""
+    use_dataset(monkeypatch, dataset)
+    monkeypatch.setenv(EXT_TRAINER_VAR, str(TRAINER_LOOKUP_FOLDER))
+    return dataset
+
+
+def _subprocess_env(dataset: PlannedDataset) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k != PRETRAINED_ENV_VAR}
+    return {**env, **dataset.env, **TRAINING_ENV, EXT_TRAINER_VAR: str(TRAINER_LOOKUP_FOLDER)}
+
+
+def _run(command: list[str], dataset: PlannedDataset) -> None:
+    done = subprocess.run(command, env=_subprocess_env(dataset), capture_output=True, text=True)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+
+
+def _fold_folder(dataset: PlannedDataset, trainer: str, results: Path | None = None) -> Path:
+    results = Path(dataset.env["nnUNet_results"]) if results is None else results
+    return results / DATASET_NAME / f"{trainer}__nnUNetPlans__{CONFIGURATION}" / f"fold_{FOLD}"
+
+
+@pytest.fixture(scope="module")
+def trained(dataset: PlannedDataset) -> Path:
+    """``nnUNetv2_train`` of the ``_debug`` variant (2 epochs x 4 iterations, then nnU-Net's validation)."""
+    _run([str(BIN / "nnUNetv2_train"), str(DATASET_ID), CONFIGURATION, str(FOLD), "-tr", DEBUG_TRAINER,
+          "-device", "cpu"], dataset)
+    return _fold_folder(dataset, DEBUG_TRAINER)
+
+
+def _load(path: Path) -> dict:
+    return torch.load(path, map_location="cpu", weights_only=False)  # nnU-Net's own files
+
+
+def _report(fold: Path) -> dict:
+    return json.loads((fold / TRANSFER_REPORT_FILENAME).read_text())
+
+
+def test_nnunet_train_writes_checkpoints_transfer_report_and_validation(trained: Path, dataset: PlannedDataset):
+    for name in ("checkpoint_final.pth", "checkpoint_best.pth", TRANSFER_REPORT_FILENAME, "progress.png"):
+        assert (trained / name).is_file(), name
+    assert not (trained / "checkpoint_latest.pth").exists()
+    final = _load(trained / "checkpoint_final.pth")
+    assert final["trainer_name"] == DEBUG_TRAINER and final["current_epoch"] == 2
+    assert _load(trained / "checkpoint_best.pth")["current_epoch"] in (1, 2)
+    dice = json.loads((trained / "validation" / "summary.json").read_text())["foreground_mean"]["Dice"]
+    assert math.isfinite(dice) and 0.0 <= dice <= 1.0
+
+
+def test_transfer_report_proves_encoder_and_decoder_came_from_the_planned_checkpoint(trained: Path,
+                                                                                      dataset: PlannedDataset):
+    report = _report(trained)
+    assert report["complete"] and report["transferred"] == report["transferable"] > 0
+    assert report["sha256"] == sha256_of_file(dataset.checkpoint) == dataset.plans["configurations"][
+        CONFIGURATION]["fomo"]["pretrained"]["sha256"]
+    assert Path(report["checkpoint"]) == dataset.checkpoint.resolve()
+    transferred_targets = [e["target"] for e in report["entries"] if e["status"] in ("loaded", "adapted")]
+    assert any(t.startswith("encoder.") for t in transferred_targets)
+    assert any(t.startswith("decoder.") for t in transferred_targets)
+    log = "".join(p.read_text() for p in trained.glob("training_log_*.txt"))
+    assert f"transferred {report['transferred']}/{report['transferable']}" in log
+
+
+def test_nnunet_predict_uses_our_trainer(trained: Path, dataset: PlannedDataset, tmp_path: Path):
+    case = "sub_1_ses_1"
+    source = dataset.raw / "imagesTr"
+    (tmp_path / "in").mkdir()
+    for image in source.glob(f"{case}_*.nii.gz"):
+        shutil.copy(image, tmp_path / "in" / image.name)
+    _run([str(BIN / "nnUNetv2_predict"), "-i", str(tmp_path / "in"), "-o", str(tmp_path / "out"),
+          "-d", str(DATASET_ID), "-c", CONFIGURATION, "-f", str(FOLD), "-tr", DEBUG_TRAINER, "-device", "cpu",
+          "-npp", "1", "-nps", "1", "--disable_progress_bar"], dataset)
+    predicted = sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / "out" / f"{case}.nii.gz")))
+    reference = sitk.GetArrayFromImage(sitk.ReadImage(str(dataset.raw / "labelsTr" / f"{case}.nii.gz")))
+    assert predicted.shape == reference.shape
+    assert set(np.unique(predicted)) <= {0, 1}
+
+
+def test_val_rerun_rewrites_the_validation_without_reloading_pretrained(trained: Path, nnunet_env: PlannedDataset):
+    summary = trained / "validation" / "summary.json"
+    summary.unlink()
+    report_before = (trained / TRANSFER_REPORT_FILENAME).read_bytes()
+    run_training(str(DATASET_ID), CONFIGURATION, FOLD, DEBUG_TRAINER, only_run_validation=True, device=CPU)
+    assert math.isfinite(json.loads(summary.read_text())["foreground_mean"]["Dice"])
+    assert (trained / TRANSFER_REPORT_FILENAME).read_bytes() == report_before
+
+
+def _interrupt_after_first_epoch(fold: Path) -> None:
+    """Leave the fold as a run killed after epoch 0 would: only checkpoint_latest.pth, one epoch logged."""
+    checkpoint = _load(fold / "checkpoint_final.pth")
+    checkpoint["current_epoch"] = 1
+    checkpoint["logging"] = {key: values[:1] for key, values in checkpoint["logging"].items()}
+    torch.save(checkpoint, fold / "checkpoint_latest.pth")
+    (fold / "checkpoint_final.pth").unlink()
+
+
+def test_resume_never_reloads_pretrained_weights(trained: Path, nnunet_env: PlannedDataset, tmp_path: Path,
+                                                 monkeypatch: pytest.MonkeyPatch):
+    results = tmp_path / "results"
+    shutil.copytree(Path(nnunet_env.env["nnUNet_results"]), results)
+    monkeypatch.setenv("nnUNet_results", str(results))
+    fold = _fold_folder(nnunet_env, DEBUG_TRAINER, results)
+    _interrupt_after_first_epoch(fold)
+    report_before = (fold / TRANSFER_REPORT_FILENAME).read_bytes()
+    # Any attempt to load pretrained weights now fails loudly.
+    monkeypatch.setenv(PRETRAINED_ENV_VAR, str(tmp_path / "missing.ckpt"))
+
+    trainer = get_trainer_from_args(str(DATASET_ID), CONFIGURATION, FOLD, DEBUG_TRAINER, continue_training=True,
+                                    device=CPU)
+    maybe_load_checkpoint(trainer, continue_training=True, validation_only=False)
+    resumed_weights = {k: v.clone() for k, v in trainer.network.state_dict().items()}
+    trainer.run_training()
+
+    assert trainer.current_epoch == 2 and len(trainer.logger.get_value("train_losses", step=None)) == 2
+    assert (fold / TRANSFER_REPORT_FILENAME).read_bytes() == report_before
+    final = _load(fold / "checkpoint_final.pth")["network_weights"]
+    assert any(not torch.equal(final[k], resumed_weights[k]) for k in final), "epoch 1 was not trained"
+
+    fresh = get_trainer_from_args(str(DATASET_ID), CONFIGURATION, FOLD + 1, DEBUG_TRAINER, device=CPU)
+    with pytest.raises(FomoInputError, match="does not exist"):
+        fresh.run_training()  # the same settings without a checkpoint to resume do load pretrained weights
+
+
+def _trainer(dataset: PlannedDataset, plans: dict | None = None) -> FomoFinetuneTrainer:
+    plans = dataset.plans if plans is None else plans
+    return FomoFinetuneTrainer({**plans, "continue_training": False}, CONFIGURATION, FOLD, dataset.dataset_json, CPU)
+
+
+def test_nnunet_pretrained_weights_flag_is_refused_with_the_right_way(nnunet_env: PlannedDataset,
+                                                                      monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.setattr(sys, "argv", ["nnUNetv2_train", str(DATASET_ID), CONFIGURATION, "0", "-tr",
+                                      "FomoFinetuneTrainer", "-pretrained_weights", "epoch=12.ckpt"])
+    with pytest.raises(FomoInputError, match=f"-pretrained_weights.*{PRETRAINED_ENV_VAR}"):
+        _trainer(nnunet_env).initialize()
+
+
+def test_trainer_refuses_plans_of_another_task(nnunet_env: PlannedDataset):
+    plans = nnunet_env.plans
+    plans["configurations"][CONFIGURATION]["fomo"]["task_type"] = "classification"
+    with pytest.raises(FomoInputError, match="trains segmentation tasks"):
+        _trainer(nnunet_env, plans)
+
+
+def _network_like(dataset: PlannedDataset) -> FomoUNet:
+    """What nnU-Net's predictor builds: the trainer class's static builder applied to the plans."""
+    plans_manager = PlansManager(dataset.plans)
+    return FomoFinetuneTrainer.build_network_architecture(
+        plans_manager, plans_manager.get_configuration(CONFIGURATION), 2, 2, False)
+
+
+def test_network_is_built_from_the_plans_alone(dataset: PlannedDataset):
+    network = _network_like(dataset)
+    assert isinstance(network, FomoUNet)
+    assert network.starting_filters == STARTING_FILTERS and network.input_channels == 2
+    assert network(torch.zeros(1, 2, 32, 32, 32)).shape == (1, 2, 32, 32, 32)
+
+
+def test_default_recipe_is_adamw_with_warmup_cosine(nnunet_env: PlannedDataset):
+    trainer = _trainer(nnunet_env)
+    trainer.initialize()
+    assert isinstance(trainer.optimizer, torch.optim.AdamW)
+    group = trainer.optimizer.param_groups[0]
+    assert group["initial_lr"] == 1e-4 and group["weight_decay"] == 3e-5
+    assert not trainer.enable_deep_supervision and trainer.num_epochs == FINETUNE_NUM_EPOCHS
+    trainer.lr_scheduler.step(trainer.num_epochs - 1)
+    assert 0 < group["lr"] < 1e-4 * 0.01
+
+
+def test_env_var_overrides_the_planned_checkpoint(dataset: PlannedDataset, monkeypatch: pytest.MonkeyPatch):
+    planned = PretrainedSpec(str(dataset.checkpoint), "a" * 64, "unet_b", "unet_b_lw_dec", STARTING_FILTERS)
+    monkeypatch.delenv(PRETRAINED_ENV_VAR, raising=False)
+    assert resolve_pretrained_source(planned) == PretrainedSource(dataset.checkpoint, "plans", "a" * 64)
+    monkeypatch.setenv(PRETRAINED_ENV_VAR, "/elsewhere/model.ckpt")
+    assert resolve_pretrained_source(planned) == PretrainedSource(Path("/elsewhere/model.ckpt"),
+                                                                  f"${PRETRAINED_ENV_VAR}")
+
+
+def test_plans_without_checkpoint_are_refused_unless_named(monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.delenv(PRETRAINED_ENV_VAR, raising=False)
+    with pytest.raises(FomoInputError, match="_Scratch"):
+        resolve_pretrained_source(None)
+
+
+def test_checkpoint_changed_since_planning_is_refused(dataset: PlannedDataset, tmp_path: Path):
+    network = _network_like(dataset)
+    before = {k: v.clone() for k, v in network.state_dict().items()}
+    changed = make_fomo_checkpoint(tmp_path / "epoch=12.ckpt", starting_filters=STARTING_FILTERS, seed=1)
+    with pytest.raises(FomoInputError, match="changed since planning"):
+        load_pretrained(network, PretrainedSource(changed, "plans", sha256_of_file(dataset.checkpoint)))
+    assert all(torch.equal(before[k], v) for k, v in network.state_dict().items())
+    report = load_pretrained(network, PretrainedSource(changed, f"${PRETRAINED_ENV_VAR}"))
+    assert report.sha256 == sha256_of_file(changed) and report.complete
+
+
+#: The learning test's run: the default recipe shortened to a few CPU minutes (600 steps instead of 62,500, so a
+#: 30x higher peak learning rate), seeded: augmentation runs in this process (nnUNet_n_proc_DA=0), so the seeds
+#: fix the whole run.
+LEARNING_EPOCHS, LEARNING_ITERATIONS, LEARNING_LR, LEARNING_SEED = 40, 15, 3e-3, 0
+LEARNED_DICE = 0.5
+
+
+class _ShortRun(FomoFinetuneTrainer):
+    """FomoFinetuneTrainer with :data:`LEARNING_EPOCHS` x :data:`LEARNING_ITERATIONS` at :data:`LEARNING_LR`."""
+
+    def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict, device: torch.device = CPU):
+        super().__init__(plans, configuration, fold, dataset_json, device)
+        self.num_epochs = LEARNING_EPOCHS
+        self.num_iterations_per_epoch = LEARNING_ITERATIONS
+        self.initial_lr = LEARNING_LR
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(os.environ.get("RUN_SLOW") != "1", reason="learning test: set RUN_SLOW=1")
+def test_fine_tuning_learns_to_segment(dataset: PlannedDataset, monkeypatch: pytest.MonkeyPatch, tmp_path: Path):
+    use_dataset(monkeypatch, dataset)
+    monkeypatch.setenv("nnUNet_results", str(tmp_path))
+    random.seed(LEARNING_SEED)
+    np.random.seed(LEARNING_SEED)
+    torch.manual_seed(LEARNING_SEED)
+    trainer = _ShortRun({**dataset.plans, "continue_training": False}, CONFIGURATION, FOLD, dataset.dataset_json)
+    trainer.run_training()
+    trainer.perform_actual_validation()
+    summary = json.loads((Path(trainer.output_folder) / "validation" / "summary.json").read_text())
+    assert summary["foreground_mean"]["Dice"] > LEARNED_DICE
