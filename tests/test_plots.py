@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import matplotlib
 import numpy as np
 import pytest
 from matplotlib.image import imread
@@ -124,3 +125,12 @@ def test_training_curves(tmp_path):
 def test_training_curves_refuse_ragged_series(tmp_path):
     with pytest.raises(ValueError, match="one value per epoch"):
         plot_training_curves([1, 2], [1.0], [1.0, 0.5], [0.1, 0.2], tmp_path / "t.png")
+
+
+def test_figures_ignore_global_style_changes(tmp_path):
+    """nnU-Net's training logger sets seaborn's font_scale=2.5 globally; our figures must not inherit it."""
+    curves = {"ensemble": ([0, 1, 1, 0], [0.1, 0.9, 0.8, 0.3])}
+    before = plot_roc_curves(curves, tmp_path / "before.png").read_bytes()
+    with matplotlib.rc_context({"font.size": 30, "axes.facecolor": "#EAEAF2"}):
+        during = plot_roc_curves(curves, tmp_path / "during.png").read_bytes()
+    assert during == before

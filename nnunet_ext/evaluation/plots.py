@@ -7,10 +7,12 @@ without pyplot: no global figure state, no display needed, nothing left open bet
 
 from __future__ import annotations
 
+import functools
 import io
 from pathlib import Path
-from typing import Mapping, Sequence
+from typing import Callable, Mapping, Sequence, TypeVar
 
+import matplotlib
 import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
@@ -49,6 +51,24 @@ STRIP_JITTER = 0.15
 BOX_WIDTH = 0.5
 
 
+_Plot = TypeVar("_Plot", bound=Callable[..., Path])
+
+
+def _own_style(plot: _Plot) -> _Plot:
+    """Draw with matplotlib's defaults, whatever the process set globally before.
+
+    nnU-Net's training logger calls ``seaborn.set(font_scale=2.5)``, which would blow up every later figure of a
+    process that trained (the demo, a notebook).
+    """
+
+    @functools.wraps(plot)
+    def wrapper(*args, **kwargs):
+        with matplotlib.rc_context(matplotlib.rcParamsDefault):
+            return plot(*args, **kwargs)
+
+    return wrapper  # type: ignore[return-value]
+
+
 def _save(fig: Figure, out_path: PathLike) -> Path:
     """Render ``fig`` as PNG and write it atomically to ``out_path``."""
     FigureCanvasAgg(fig)  # render with Agg whatever backend pyplot would pick: no display needed
@@ -63,6 +83,7 @@ def _with_units(quantity: str, units: str) -> str:
     return f"{quantity} ({units})" if units else quantity
 
 
+@_own_style
 def plot_roc_curves(
     curves: Mapping[str, tuple[ArrayLike, ArrayLike]],
     out_path: PathLike,
@@ -115,6 +136,7 @@ def plot_roc_curves(
     return _save(fig, out_path)
 
 
+@_own_style
 def plot_confusion_matrix(
     counts: Mapping[str, int],
     out_path: PathLike,
@@ -155,6 +177,7 @@ def plot_confusion_matrix(
     return _save(fig, out_path)
 
 
+@_own_style
 def plot_predicted_vs_true(
     y_true: ArrayLike, y_pred: ArrayLike, out_path: PathLike, quantity: str = "Age", units: str = "years"
 ) -> Path:
@@ -194,6 +217,7 @@ def plot_predicted_vs_true(
     return _save(fig, out_path)
 
 
+@_own_style
 def plot_bland_altman(
     y_true: ArrayLike, y_pred: ArrayLike, out_path: PathLike, quantity: str = "Age", units: str = "years"
 ) -> Path:
@@ -241,6 +265,7 @@ def plot_bland_altman(
     return _save(fig, out_path)
 
 
+@_own_style
 def plot_dice_per_case(
     per_model: Mapping[str, Sequence[float]], out_path: PathLike, metric_name: str = "Dice", seed: int = 0
 ) -> Path:
@@ -303,6 +328,7 @@ def _lesion_centre(reference: np.ndarray, prediction: np.ndarray) -> tuple[tuple
     return tuple(s // 2 for s in reference.shape), "volume centre (both masks empty)"
 
 
+@_own_style
 def plot_segmentation_overlay(
     image: ArrayLike,
     reference: ArrayLike,
@@ -372,6 +398,7 @@ def plot_segmentation_overlay(
     return _save(fig, out_path)
 
 
+@_own_style
 def plot_training_curves(
     epochs: Sequence[int],
     train_loss: Sequence[float],
