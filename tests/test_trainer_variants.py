@@ -20,6 +20,9 @@ from nnunet_ext.trainers.variants import (
     DEBUG_EPOCHS,
     DEBUG_ITERATIONS,
     DEBUG_VAL_ITERATIONS,
+    DEMO_EPOCHS,
+    DEMO_ITERATIONS,
+    DEMO_VAL_ITERATIONS,
     LAYER_LR_DECAY,
     SHORT_SCHEDULE_EPOCHS,
 )
@@ -76,7 +79,7 @@ def test_every_family_gets_the_same_variants_exported_by_name():
         return {name.removeprefix(family.__name__ + "_") for name, cls in TRAINERS.items()
                 if cls.__bases__[1:] == (family,)}
 
-    expected = {"debug", "FrozenEncoder", "LLRD", "Scratch", "FrozenEncoderUnfreeze10", "FrozenEncoderUnfreeze50",
+    expected = {"debug", "cpuDemo", "FrozenEncoder", "LLRD", "Scratch", "FrozenEncoderUnfreeze10", "FrozenEncoderUnfreeze50",
                 *(f"{n}epochs" for n in SHORT_SCHEDULE_EPOCHS)}
     for family in TRAINER_FAMILIES:
         assert generated_suffixes(family) == expected, family.__name__
@@ -96,13 +99,16 @@ def test_length_variants_change_only_the_schedule_length(results: Path, dataset:
     default = _trainer(FomoFinetuneTrainer, dataset, initialize=False)
     short = _trainer(_variant("5epochs"), dataset, initialize=False)
     debug = _trainer(_variant("debug"), dataset, initialize=False)
+    demo = _trainer(_variant("cpuDemo"), dataset, initialize=False)
     assert short.num_epochs == 5 and default.num_epochs != 5
     assert short.num_iterations_per_epoch == default.num_iterations_per_epoch
     assert short.early_stopping_patience == default.early_stopping_patience is not None
     assert (debug.num_epochs, debug.num_iterations_per_epoch, debug.num_val_iterations_per_epoch) == (
         DEBUG_EPOCHS, DEBUG_ITERATIONS, DEBUG_VAL_ITERATIONS)
-    assert debug.early_stopping_patience is None
-    assert short.initial_lr == debug.initial_lr == default.initial_lr
+    assert (demo.num_epochs, demo.num_iterations_per_epoch, demo.num_val_iterations_per_epoch) == (
+        DEMO_EPOCHS, DEMO_ITERATIONS, DEMO_VAL_ITERATIONS)
+    assert debug.early_stopping_patience is None and demo.early_stopping_patience is None
+    assert short.initial_lr == debug.initial_lr == demo.initial_lr == default.initial_lr
 
 
 def test_frozen_encoder_keeps_pretrained_encoder_and_trains_the_decoder(results: Path, dataset: PlannedDataset):

@@ -250,10 +250,14 @@ def test_checkpoint_changed_since_planning_is_refused(dataset: PlannedDataset, t
     assert report.sha256 == sha256_of_file(changed) and report.complete
 
 
-#: The learning test's run: the default recipe shortened to a few CPU minutes (600 steps instead of 62,500, so a
-#: 30x higher peak learning rate), seeded: augmentation runs in this process (nnUNet_n_proc_DA=0), so the seeds
-#: fix the whole run.
+#: The learning test's run: the default recipe shortened to a few CPU minutes, at a test-only peak learning rate
+#: (the test checkpoint holds random weights, so this is training from scratch: 1e-4, the fine-tuning rate, learns
+#: too little in 600 steps), seeded: augmentation runs in this process (nnUNet_n_proc_DA=0), so the seeds fix the
+#: whole run.
 LEARNING_EPOCHS, LEARNING_ITERATIONS, LEARNING_LR, LEARNING_SEED = 40, 15, 3e-3, 0
+#: Forward passes per epoch for nnU-Net's pseudo-Dice (it only picks checkpoint_best; the asserted Dice is
+#: nnU-Net's whole-case validation of the final weights).
+LEARNING_VAL_ITERATIONS = 5
 LEARNED_DICE = 0.5
 
 
@@ -264,7 +268,9 @@ class _ShortRun(FomoFinetuneTrainer):
         super().__init__(plans, configuration, fold, dataset_json, device)
         self.num_epochs = LEARNING_EPOCHS
         self.num_iterations_per_epoch = LEARNING_ITERATIONS
+        self.num_val_iterations_per_epoch = LEARNING_VAL_ITERATIONS
         self.initial_lr = LEARNING_LR
+        self.early_stopping_patience = None
 
 
 @pytest.mark.slow
@@ -279,4 +285,6 @@ def test_fine_tuning_learns_to_segment(dataset: PlannedDataset, monkeypatch: pyt
     trainer.run_training()
     trainer.perform_actual_validation()
     summary = json.loads((Path(trainer.output_folder) / "validation" / "summary.json").read_text())
-    assert summary["foreground_mean"]["Dice"] > LEARNED_DICE
+    dice = summary["foreground_mean"]["Dice"]
+    print(f"whole-case validation Dice {dice:.3f}")
+    assert dice > LEARNED_DICE

@@ -428,7 +428,7 @@ class NpyLayout(FomoLayout):
         mask = read_nifti(case.label)
         # The arrays carry no orientation; the mask takes theirs so that both lie on one grid.
         mask.SetOrigin((0.0,) * SPATIAL_DIMS)
-        mask.SetDirection(np.eye(SPATIAL_DIMS).ravel().tolist())
+        mask.SetDirection(RAS_DIRECTION)
         mask.SetSpacing(self._spacing(path))
         return mask
 

@@ -6,6 +6,7 @@ Each variant is a small mixin that overrides one concern, combined with a family
 | suffix | what changes |
 |---|---|
 | ``_debug`` | 2 epochs x 4 iterations, 2 validation iterations, no early stopping (smoke runs, tests) |
+| ``_cpuDemo`` | 8 epochs x 12 iterations, 3 validation iterations, no early stopping (``fomo_demo`` on a CPU) |
 | ``_<N>epochs`` | ``num_epochs = N`` (the warm-up shrinks with it, see ``schedules.warmup_epochs_for``) |
 | ``_FrozenEncoder`` | the encoder keeps its pretrained weights; decoder / head train |
 | ``_FrozenEncoderUnfreeze<N>`` | as above for the first N epochs, then everything trains |
@@ -25,6 +26,10 @@ from nnunet_ext.trainers.base import FomoTrainerBase, unwrap_network
 DEBUG_EPOCHS = 2
 DEBUG_ITERATIONS = 4
 DEBUG_VAL_ITERATIONS = 2
+#: ``_cpuDemo``: long enough to learn something on the demo's small synthetic data, short enough for a CPU.
+DEMO_EPOCHS = 8
+DEMO_ITERATIONS = 12
+DEMO_VAL_ITERATIONS = 3
 #: Lengths of the ``_<N>epochs`` variants.
 SHORT_SCHEDULE_EPOCHS = (5, 10, 50, 100, 250)
 #: Epochs after which the ``_FrozenEncoderUnfreeze<N>`` variants unfreeze the encoder.
@@ -34,15 +39,19 @@ UNFREEZE_EPOCHS = (10, 50)
 LAYER_LR_DECAY = 0.75
 
 
-class DebugSchedule:
-    """Tiny run: :data:`DEBUG_EPOCHS` x :data:`DEBUG_ITERATIONS`, short validation, early stopping off."""
+class ShortSchedule:
+    """A short run of :attr:`epochs` x :attr:`iterations` (validation: :attr:`val_iterations`), early stopping off."""
+
+    epochs: ClassVar[int]
+    iterations: ClassVar[int]
+    val_iterations: ClassVar[int]
 
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
                  device: torch.device = torch.device("cuda")):
         super().__init__(plans, configuration, fold, dataset_json, device)
-        self.num_epochs = DEBUG_EPOCHS
-        self.num_iterations_per_epoch = DEBUG_ITERATIONS
-        self.num_val_iterations_per_epoch = DEBUG_VAL_ITERATIONS
+        self.num_epochs = self.epochs
+        self.num_iterations_per_epoch = self.iterations
+        self.num_val_iterations_per_epoch = self.val_iterations
         self.early_stopping_patience = None
 
 
@@ -99,7 +108,10 @@ class FromScratch:
 def _variant_specs() -> dict[str, tuple[type, dict[str, Any]]]:
     """Suffix -> (mixin, class attributes) of every variant."""
     specs: dict[str, tuple[type, dict[str, Any]]] = {
-        "debug": (DebugSchedule, {}),
+        "debug": (ShortSchedule, {"epochs": DEBUG_EPOCHS, "iterations": DEBUG_ITERATIONS,
+                                   "val_iterations": DEBUG_VAL_ITERATIONS}),
+        "cpuDemo": (ShortSchedule, {"epochs": DEMO_EPOCHS, "iterations": DEMO_ITERATIONS,
+                                    "val_iterations": DEMO_VAL_ITERATIONS}),
         "FrozenEncoder": (FrozenEncoder, {}),
         "LLRD": (LayerwiseLRDecay, {}),
         "Scratch": (FromScratch, {}),
