@@ -12,7 +12,6 @@ documented workflow. Everything it writes stays under ``--out``, nnU-Net's three
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shutil
 import sys
