@@ -6,40 +6,81 @@ For each task: ``fomo_make_synthetic`` -> ``fomo_convert`` (with a held-out test
 ensemble predict the test set; metrics with confidence intervals, pictures, ``report.md``).
 
 Every step calls the same entry point as the command a user types, so the demo is also a smoke test of the
-documented workflow. Everything it writes stays under ``--out``, nnU-Net's three folders included.
+documented workflow. The console gets one line per step with its duration and a progress bar while folds train;
+everything the step printed (nnU-Net's logs included) goes to a log file under ``--out/logs/``, named in that line,
+and a failing step shows the end of its log. Everything it writes stays under ``--out``, nnU-Net's three folders
+included. ``REPORT.md`` opens with each task's ensemble against its trivial reference.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
+import random
 import shutil
 import sys
 import time
+import traceback
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Dict, List, Optional, Sequence
+from typing import Callable, Dict, Iterator, List, Optional, Sequence, TextIO, Tuple
 
 from nnunet_ext.errors import FomoInputError, cli_entry
 
 #: nnU-Net dataset ids of the demo datasets, one per FOMO task (9xx: out of the way of real datasets).
 DEMO_DATASET_IDS = {1: 901, 2: 902, 3: 903}
 TRAINERS = {1: "FomoClassificationTrainer", 2: "FomoFinetuneTrainer", 3: "FomoRegressionTrainer"}
-#: The trainer variant the demo trains: a few short epochs (see nnunet_ext/trainers/variants.py).
+#: The trainer variant the demo trains: a short CPU schedule per task type (see nnunet_ext/trainers/variants.py).
 DEMO_VARIANT = "_cpuDemo"
 CONFIGURATION = "3d_fullres"
 FOLDS = (0, 1, 2, 3, 4)
 #: The real UNet-B has 32 starting filters; 8 keeps the demo's training on a CPU within minutes.
 DEMO_STARTING_FILTERS = 8
-DEMO_CASES = 20
-DEMO_TEST_FRACTION = 0.2
-#: Heads at a third of adult size: small volumes at the FOMO plans' 1 mm (see fomo_make_synthetic --scale).
+#: Heads at a third of adult size: small volumes at 1 mm (see fomo_make_synthetic --scale).
 DEMO_HEAD_SCALE = 0.3
 #: Bootstrap resamples per confidence interval: enough for a demo, quick on a CPU.
-DEMO_BOOTSTRAP = 200
+DEMO_BOOTSTRAP = 500
 #: A file marking a folder as the demo's own, so that a re-run may replace it and nothing else.
 MARKER = ".fomo_demo"
 NNUNET_FOLDERS = ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results")
+#: Lines of a failed step's log shown on the console.
+FAILED_LOG_TAIL = 30
+
+
+@dataclass(frozen=True)
+class TaskRecipe:
+    """How the demo runs one task: subjects, held-out fraction, planned spacing and (image-level tasks) the head.
+
+    The synthetic signal is fomo_make_synthetic's, unchanged; only the amount of data and the resolution the
+    network sees are chosen here, for 2 CPU cores.
+    """
+
+    cases: int
+    test_fraction: float
+    #: Isotropic spacing (mm) of the plans. 2 mm for the image-level tasks: their label is a property of the whole
+    #: brain, which then fits one small patch; segmentation stays at 1 mm, where the masks are scored.
+    spacing_mm: float
+    #: Encoder levels pooled by the image-level head and how (None for segmentation). Max pooling: see
+    #: nnunet_ext.networks.heads.PoolingHead.
+    head_pool_levels: Optional[Tuple[int, ...]] = None
+    head_pooling: Optional[str] = None
+
+    def head_arguments(self) -> List[str]:
+        """The ``fomo_plan_and_preprocess`` options of the head."""
+        if self.head_pool_levels is None:
+            return []
+        return ["--head-pool-levels", *map(str, self.head_pool_levels), "--head-pooling", str(self.head_pooling)]
+
+
+#: 40 subjects hold out 8 for the test set (at least 8 test cases: second sessions add some), and leave 32 for
+#: the 5 folds.
+DEMO_RECIPES: Dict[int, TaskRecipe] = {
+    1: TaskRecipe(cases=40, test_fraction=0.2, spacing_mm=1.5, head_pool_levels=(1, 2, 3, 4), head_pooling="max"),
+    2: TaskRecipe(cases=40, test_fraction=0.2, spacing_mm=1.0),
+    3: TaskRecipe(cases=40, test_fraction=0.2, spacing_mm=2.0, head_pool_levels=(1, 2, 3, 4), head_pooling="max"),
+}
 
 
 @dataclass(frozen=True)
@@ -47,7 +88,7 @@ class DemoSettings:
     out: Path
     tasks: Sequence[int]
     folds: Sequence[int]
-    cases: int
+    cases: Optional[int]  # None: each recipe's
     seed: int
 
     def task_data(self, task: int) -> Path:
@@ -59,6 +100,91 @@ class DemoSettings:
 
     def report_dir(self, task: int) -> Path:
         return self.out / "reports" / f"task{task}"
+
+    def log(self, name: str) -> Path:
+        return self.out / "logs" / f"{name}.log"
+
+    def cases_of(self, task: int) -> int:
+        return self.cases if self.cases is not None else DEMO_RECIPES[task].cases
+
+
+class StepFailed(Exception):
+    """A step of the demo failed; its log holds the details."""
+
+
+class Console:
+    """The terminal the demo reports to while the steps' own output goes to log files."""
+
+    def __init__(self, out: Path):
+        self.out = out
+        # a duplicate of the original stdout: file descriptor 1 itself is redirected to each step's log
+        self.stream: TextIO = os.fdopen(os.dup(sys.stdout.fileno()), "w", buffering=1)
+        self.commands: List[str] = []
+
+    def print(self, text: str = "") -> None:
+        print(text, file=self.stream, flush=True)
+
+    def step_line(self, title: str, seconds: float, log: Path) -> None:
+        self.print(f"{title:<56} {seconds:6.0f} s   log: {log.relative_to(self.out)}")
+
+
+@contextmanager
+def output_to(log: Path) -> Iterator[None]:
+    """Send this process's stdout and stderr to ``log``, at the file-descriptor level, so that nnU-Net's prints,
+    its worker processes and C libraries land there too."""
+    log.parent.mkdir(parents=True, exist_ok=True)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    saved = os.dup(1), os.dup(2)
+    with open(log, "a") as sink:
+        os.dup2(sink.fileno(), 1)
+        os.dup2(sink.fileno(), 2)
+        try:
+            yield
+        finally:
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os.dup2(saved[0], 1)
+            os.dup2(saved[1], 2)
+            for fd in saved:
+                os.close(fd)
+
+
+def run_step(console: Console, title: str, log: Path, action: Callable[[], None]) -> None:
+    """Run ``action`` with its output in ``log``; one console line with the duration, or the log's end on failure."""
+    started = time.monotonic()
+    try:
+        with output_to(log):
+            try:
+                action()
+            except SystemExit as e:
+                if e.code not in (0, None):
+                    raise StepFailed(f"exit status {e.code}") from None
+            except Exception:
+                traceback.print_exc()
+                raise StepFailed("an error (traceback in the log)") from None
+    except StepFailed as failure:
+        lines = log.read_text(errors="replace").splitlines()[-FAILED_LOG_TAIL:]
+        console.print(f"{title}: FAILED after {time.monotonic() - started:.0f} s with {failure}. "
+                      f"Last lines of {log}:")
+        console.print("\n".join(f"    {line}" for line in lines))
+        raise
+    console.step_line(title, time.monotonic() - started, log)
+
+
+def command_step(console: Console, title: str, log: Path, command: Sequence[str],
+                 entry: Callable[[List[str]], int]) -> None:
+    """Run one documented command in this process; the command line heads its log and the demo's report."""
+    line = " ".join(command)
+    console.commands.append(line)
+
+    def action() -> None:
+        print(f"$ {line}", flush=True)
+        status = entry(list(command[1:]))
+        if status:
+            raise SystemExit(status)
+
+    run_step(console, title, log, action)
 
 
 def prepare_output(out: Path) -> None:
@@ -86,78 +212,159 @@ def configure_environment(out: Path) -> None:
     os.environ[EXT_TRAINER_VAR] = ext_trainer_value(os.environ.get(EXT_TRAINER_VAR))
 
 
-def step(title: str, command: Sequence[str], entry: Callable[[List[str]], int]) -> None:
-    """Run one documented command in this process, printing it as the user would type it."""
-    print(f"\n=== {title}\n$ {' '.join(command)}", flush=True)
-    started = time.monotonic()
-    status = entry(list(command[1:]))
-    if status:
-        raise SystemExit(status)
-    print(f"--- {title}: {time.monotonic() - started:.0f} s", flush=True)
-
-
-def train_folds(dataset_id: int, trainer: str, folds: Sequence[int]) -> None:
-    """``nnUNetv2_train ID 3d_fullres FOLD -tr TRAINER -device cpu`` for every fold, through nnU-Net's own API."""
+def seed_everything(seed: int) -> None:
+    """Seed the generators nnU-Net's sampling, augmentation (in-process, see train_folds) and initialisation use."""
+    import numpy as np
     import torch
-    from nnunetv2.run.run_training import run_training
 
-    # Data augmentation in the main process: worker processes gain nothing on a couple of cores. Set for training
-    # only: during planning nnU-Net would derive torch.set_num_threads(0) from it.
-    os.environ["nnUNet_n_proc_DA"] = "0"
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def train_folds(console: Console, dataset_id: int, trainer_name: str, settings: DemoSettings, title: str,
+                log: Path) -> None:
+    """``nnUNetv2_train ID 3d_fullres FOLD -tr TRAINER -device cpu`` for every fold, through nnU-Net's own API,
+    with a progress bar over all folds' epochs on the console."""
+    import torch
+    from nnunetv2.run.run_training import get_trainer_from_args
+    from tqdm import tqdm
+
+    from nnunet_ext.trainers.variants import DEMO_SCHEDULES
+
+    task_type = _task_type(dataset_id)
+    epochs = DEMO_SCHEDULES[task_type].epochs
+    commands = [f"nnUNetv2_train {dataset_id} {CONFIGURATION} {fold} -tr {trainer_name} -device cpu"
+                for fold in settings.folds]
+    console.commands += commands
+    bar = tqdm(total=epochs * len(settings.folds), desc=f"{title} ({len(settings.folds)} folds)", unit="epoch",
+               file=console.stream, leave=False, dynamic_ncols=True)
+
+    def action() -> None:
+        # Data augmentation in the main process: worker processes gain nothing on a couple of cores (and it
+        # keeps the seeded run reproducible). Set for training only: during planning nnU-Net would derive
+        # torch.set_num_threads(0) from it.
+        os.environ["nnUNet_n_proc_DA"] = "0"
+        try:
+            for fold, command in zip(settings.folds, commands):
+                print(f"$ {command}", flush=True)
+                seed_everything(settings.seed + fold)
+                trainer = get_trainer_from_args(str(dataset_id), CONFIGURATION, fold, trainer_name,
+                                                device=torch.device("cpu"))
+                finished = bar.n + epochs
+                epoch_end = trainer.on_epoch_end
+
+                def on_epoch_end() -> None:
+                    epoch_end()
+                    bar.update(1)
+
+                trainer.on_epoch_end = on_epoch_end
+                trainer.run_training()
+                bar.update(finished - bar.n)  # early stopping skips epochs
+                trainer.perform_actual_validation()
+        finally:
+            del os.environ["nnUNet_n_proc_DA"]
+
     try:
-        for fold in folds:
-            command = f"nnUNetv2_train {dataset_id} {CONFIGURATION} {fold} -tr {trainer} -device cpu"
-            print(f"\n=== training fold {fold}\n$ {command}", flush=True)
-            run_training(str(dataset_id), CONFIGURATION, fold, trainer, device=torch.device("cpu"))
+        run_step(console, title, log, action)
     finally:
-        del os.environ["nnUNet_n_proc_DA"]
+        bar.close()
 
 
-def run_task(task: int, settings: DemoSettings) -> Path:
+def _task_type(dataset_id: int) -> str:
+    """The task type the converter recorded in the raw dataset.json."""
+    from nnunetv2.paths import nnUNet_raw
+    from nnunetv2.utilities.dataset_name_id_conversion import convert_id_to_dataset_name
+
+    from nnunet_ext.dataset_conversion.tasks import FOMO_KEY
+
+    dataset_json = Path(nnUNet_raw, convert_id_to_dataset_name(dataset_id), "dataset.json")
+    return json.loads(dataset_json.read_text())[FOMO_KEY]["task_type"]
+
+
+def run_task(console: Console, task: int, settings: DemoSettings) -> Path:
     """The whole workflow for one FOMO task; returns the folder of its report."""
     from nnunet_ext.dataset_conversion import convert, synthetic
     from nnunet_ext.evaluation import evaluate, model_selection
     from nnunet_ext.preprocessing import plan_and_preprocess
 
+    recipe = DEMO_RECIPES[task]
     dataset = str(DEMO_DATASET_IDS[task])
     trainer = TRAINERS[task] + DEMO_VARIANT
     folds = [str(f) for f in settings.folds]
     data = settings.task_data(task)
-    step(f"task {task}: synthetic FOMO data",
-         ["fomo_make_synthetic", "--task", str(task), "--out", str(data), "--cases", str(settings.cases),
-          "--seed", str(settings.seed), "--scale", str(DEMO_HEAD_SCALE)], synthetic.main)
-    step(f"task {task}: conversion to nnU-Net raw",
-         ["fomo_convert", "--task", str(task), "-i", str(data), "-d", dataset,
-          "--test-fraction", str(DEMO_TEST_FRACTION), "--seed", str(settings.seed)], convert.main)
-    step(f"task {task}: FOMO plans and preprocessing",
-         ["fomo_plan_and_preprocess", "-d", dataset, "--pretrained", str(settings.checkpoint),
-          "--starting-filters", str(DEMO_STARTING_FILTERS), "-np", "1"], plan_and_preprocess.main)
-    train_folds(int(dataset), trainer, settings.folds)
-    step(f"task {task}: model selection",
-         ["fomo_find_best_configuration", "-d", dataset, "-tr", trainer, "-f", *folds], model_selection.main)
+    name = f"task{task}"
+    command_step(console, f"task {task}: synthetic FOMO data ({settings.cases_of(task)} subjects)",
+                 settings.log(f"{name}_1_synthetic"),
+                 ["fomo_make_synthetic", "--task", str(task), "--out", str(data), "--cases",
+                  str(settings.cases_of(task)), "--seed", str(settings.seed), "--scale", str(DEMO_HEAD_SCALE)],
+                 synthetic.main)
+    command_step(console, f"task {task}: conversion to nnU-Net raw", settings.log(f"{name}_2_convert"),
+                 ["fomo_convert", "--task", str(task), "-i", str(data), "-d", dataset,
+                  "--test-fraction", str(recipe.test_fraction), "--seed", str(settings.seed)], convert.main)
+    command_step(console, f"task {task}: FOMO plans and preprocessing ({recipe.spacing_mm:g} mm)",
+                 settings.log(f"{name}_3_plan_and_preprocess"),
+                 ["fomo_plan_and_preprocess", "-d", dataset, "--pretrained", str(settings.checkpoint),
+                  "--starting-filters", str(DEMO_STARTING_FILTERS), "--spacing", f"{recipe.spacing_mm:g}",
+                  *recipe.head_arguments(),
+                  "-np", "1"], plan_and_preprocess.main)
+    train_folds(console, int(dataset), trainer, settings, f"task {task}: training", settings.log(f"{name}_4_training"))
+    command_step(console, f"task {task}: model selection", settings.log(f"{name}_5_model_selection"),
+                 ["fomo_find_best_configuration", "-d", dataset, "-tr", trainer, "-f", *folds], model_selection.main)
     report = settings.report_dir(task)
-    step(f"task {task}: test-set evaluation of every fold and the ensemble",
-         ["fomo_evaluate", "-d", dataset, "-tr", trainer, "-f", *folds, "-o", str(report), "-device", "cpu",
-          "--n-bootstrap", str(DEMO_BOOTSTRAP), "--seed", str(settings.seed)], evaluate.main)
+    command_step(console, f"task {task}: test set, every fold and the ensemble", settings.log(f"{name}_6_evaluate"),
+                 ["fomo_evaluate", "-d", dataset, "-tr", trainer, "-f", *folds, "-o", str(report), "-device", "cpu",
+                  "--n-bootstrap", str(DEMO_BOOTSTRAP), "--seed", str(settings.seed)], evaluate.main)
     return report
 
 
-def write_index(settings: DemoSettings, reports: Dict[int, Path], seconds: float) -> Path:
-    """``REPORT.md`` at the top of ``--out``: one line per task linking its report."""
+def _format_estimate(value: Optional[float]) -> str:
+    return "undefined" if value is None else f"{value:.3f}"
+
+
+def headline_rows(reports: Dict[int, Path]) -> List[str]:
+    """The opening table of REPORT.md: each task's ensemble against its trivial references."""
     from nnunet_ext.dataset_conversion.tasks import get_task
+    from nnunet_ext.evaluation.evaluate import SUMMARY_JSON
+    from nnunet_ext.evaluation.report import METRIC_LABELS
+
+    rows = ["| Task | Ensemble on the test set [95% CI] | Test cases | Trivial reference (same cases) | Beaten |",
+            "|---|---|---|---|---|"]
+    for task, report in reports.items():
+        summary = json.loads((report / SUMMARY_JSON).read_text())
+        head = summary["headline"]
+        spec = get_task(task)
+        label = METRIC_LABELS.get(head["metric"], head["metric"])
+        estimate = (f"{label} {_format_estimate(head['value'])} [{_format_estimate(head['ci_low'])}, "
+                    f"{_format_estimate(head['ci_high'])}]")
+        references = "; ".join(f"{name}: {_format_estimate(r['value'])}" for name, r in head["references"].items())
+        beaten = "; ".join(r["beaten"] for r in head["references"].values())
+        rows.append(f"| {task} ({spec.target_name}) | {estimate} | {summary['n_cases']} | {references} | {beaten} |")
+    return rows
+
+
+def write_index(settings: DemoSettings, console: Console, reports: Dict[int, Path], seconds: float) -> Path:
+    """``REPORT.md`` at the top of ``--out``: the headline table, what the numbers mean, links, commands."""
     from nnunet_ext.utils.files import atomic_write_text
 
     lines = ["# fomo_demo: synthetic FOMO data, end to end on the CPU", "",
-             f"{settings.cases} synthetic subjects per task (seed {settings.seed}), folds "
-             f"{', '.join(map(str, settings.folds))}, UNet-B layout with {DEMO_STARTING_FILTERS} starting filters, "
-             f"{seconds / 60:.1f} min in all. The numbers show that the pipeline works, not what the real "
-             "checkpoint achieves on the real data.", ""]
+             *headline_rows(reports), "",
+             "Beaten: *yes* when the whole 95% interval of the ensemble is better than the reference, *point "
+             "estimate only* when only its value is. References: a constant score (AUROC 0.5), an all-background "
+             "mask and the whole brain as the mask (Dice), the training cases' mean age (MAE).", "",
+             f"Synthetic subjects per task: {', '.join(f'task {t}: {settings.cases_of(t)}' for t in reports)} "
+             f"(seed {settings.seed}), folds {', '.join(map(str, settings.folds))}, the UNet-B layout with "
+             f"{DEMO_STARTING_FILTERS} starting filters; {seconds / 60:.1f} min in all.", "",
+             "**The demo's \"pretrained\" checkpoint holds random weights** (no real FOMO checkpoint can be shipped), "
+             "so the models here are trained from scratch, at a from-scratch learning rate, for a few CPU minutes. "
+             "The numbers show that the pipeline learns; they say nothing about what the real checkpoint achieves "
+             "on the real data.", "", "## Reports", ""]
     for task, report in reports.items():
-        spec = get_task(task)
-        lines.append(f"- Task {task} ({spec.target_name}, {spec.task_type}): "
-                     f"[{report.relative_to(settings.out)}/report.md]({report.relative_to(settings.out)}/report.md)")
+        relative = report.relative_to(settings.out).as_posix()
+        lines.append(f"- Task {task}: [{relative}/report.md]({relative}/report.md)")
+    lines += ["", "## Commands run", "", "```", *console.commands, "```", ""]
     index = settings.out / "REPORT.md"
-    atomic_write_text(index, "\n".join(lines) + "\n")
+    atomic_write_text(index, "\n".join(lines))
     return index
 
 
@@ -166,15 +373,26 @@ def build_parser() -> argparse.ArgumentParser:
         prog="fomo_demo", description=__doc__.split("\n\n")[0],
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("--out", type=Path, default=Path("demo_output"),
-                        help="output folder (data, nnU-Net folders, reports); a previous demo output there is "
+                        help="output folder (data, nnU-Net folders, logs, reports); a previous demo output there is "
                              "replaced, any other non-empty folder refused")
     parser.add_argument("--tasks", type=int, nargs="+", default=sorted(DEMO_DATASET_IDS),
                         choices=sorted(DEMO_DATASET_IDS), help="FOMO tasks to run")
     parser.add_argument("--folds", type=int, nargs="+", default=list(FOLDS), choices=list(FOLDS),
                         help="cross-validation folds to train (the ensemble averages them)")
-    parser.add_argument("--cases", type=int, default=DEMO_CASES, help="synthetic subjects per task")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the data, the splits and the bootstrap")
+    parser.add_argument("--cases", type=_at_least(10), default=None,
+                        help="synthetic subjects per task (default: each task's recipe, 40)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the data, the splits, training and the bootstrap")
     return parser
+
+
+def _at_least(minimum: int) -> Callable[[str], int]:
+    def parse(text: str) -> int:
+        value = int(text)
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be at least {minimum} (5 folds and a test set), got {value}")
+        return value
+
+    return parse
 
 
 @cli_entry
@@ -184,14 +402,22 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     started = time.monotonic()
     prepare_output(settings.out)
     configure_environment(settings.out)
+    console = Console(settings.out)
+    console.print(f"fomo_demo: tasks {', '.join(map(str, settings.tasks))}, folds "
+                  f"{', '.join(map(str, settings.folds))}; output in {settings.out}")
     from nnunet_ext.pretrained.testing import make_fomo_checkpoint
 
     make_fomo_checkpoint(settings.checkpoint, starting_filters=DEMO_STARTING_FILTERS)
-    reports = {task: run_task(task, settings) for task in settings.tasks}
-    index = write_index(settings, reports, time.monotonic() - started)
-    print(f"\nDone in {(time.monotonic() - started) / 60:.1f} min. Reports: {index}")
+    try:
+        reports = {task: run_task(console, task, settings) for task in settings.tasks}
+    except StepFailed:
+        return 1
+    index = write_index(settings, console, reports, time.monotonic() - started)
+    console.print()
+    console.print("\n".join(headline_rows(reports)))
+    console.print(f"\nDone in {(time.monotonic() - started) / 60:.1f} min. Report: {index}")
     for task, report in reports.items():
-        print(f"  task {task}: {report / 'report.md'}")
+        console.print(f"  task {task}: {report / 'report.md'}")
     return 0
 
 

@@ -26,12 +26,15 @@ SHAPE = (12, 10, 8)
 SPACING = (1.0, 1.0, 2.0)
 
 
-def hand_made_dataset(raw_root: Path, task_type: str, test_targets: dict) -> Path:
-    """A raw dataset folder holding only what evaluation reads: dataset.json with the test targets."""
+def hand_made_dataset(raw_root: Path, task_type: str, test_targets: dict, training_targets: dict | None = None
+                      ) -> Path:
+    """A raw dataset folder holding only what evaluation reads: dataset.json with the test targets (and the
+    training targets the trivial references use)."""
     raw = raw_root / f"Dataset{DATASET_ID}_Eval"
     raw.mkdir(parents=True)
     dataset_json = {"channel_names": {"0": "DWI"}, "labels": {"background": 0, "target": 1}, "numTraining": 0,
-                    "file_ending": ".nii.gz", "fomo": {"task_type": task_type, "test_targets": test_targets}}
+                    "file_ending": ".nii.gz", "fomo": {"task_type": task_type, "test_targets": test_targets,
+                             **({"targets": training_targets} if training_targets else {})}}
     (raw / "dataset.json").write_text(json.dumps(dataset_json))
     return raw
 
@@ -77,19 +80,30 @@ def test_classification_from_prediction_files(nnunet_dirs, tmp_path: Path) -> No
     assert {(r["case"], float(r["prediction"])) for r in rows} == set(probabilities.items())
     assert {"figures/roc.png", "figures/confusion_matrix_0.500.png"} <= set(embedded_figures(output))
     assert "Youden" in (output / "report.md").read_text()  # the note says why it is missing
+    # the constant score of the trivial reference ranks no case above another
+    head = summary["headline"]
+    assert head["metric"] == "auroc" and head["model"] == "A" and head["value"] == pytest.approx(expected["auroc"])
+    assert head["references"]["constant score"]["value"] == pytest.approx(0.5)
 
 
 def test_regression_from_prediction_files(nnunet_dirs, tmp_path: Path) -> None:
     targets = {f"sub_{i}_ses_1": float(20 + 7 * i) for i in range(6)}
     predicted = {c: t + (3.0 if i % 2 else -5.0) for i, (c, t) in enumerate(targets.items())}
-    hand_made_dataset(nnunet_dirs["nnUNet_raw"], "regression", targets)
+    hand_made_dataset(nnunet_dirs["nnUNet_raw"], "regression", targets, training_targets={"sub_90_ses_1": 25.0,
+                                                                                           "sub_91_ses_1": 35.0})
     output = tmp_path / "eval"
     assert main(["-d", str(DATASET_ID), "-o", str(output), "--n-bootstrap", str(N_BOOTSTRAP),
                  "--predictions", f"ensemble={write_predictions(tmp_path / 'e', predicted)}"]) == 0
 
-    metrics = read_summary(output)["tables"][0]["metrics"]["ensemble"]
+    summary = read_summary(output)
+    metrics = summary["tables"][0]["metrics"]["ensemble"]
     expected = regression_metrics(list(targets.values()), list(predicted.values()))
     assert metrics["mae"]["value"] == pytest.approx(expected["mae"]) == pytest.approx(4.0)
+    # training mean 30: the reference's MAE, and the model (MAE 4) beats it by its whole interval
+    training_mean_mae = np.mean(np.abs(np.array(list(targets.values())) - 30.0))
+    assert summary["references"]["metrics"]["training mean"]["mae"]["value"] == pytest.approx(training_mean_mae)
+    head = summary["headline"]
+    assert head["references"]["training mean"] == {"value": pytest.approx(training_mean_mae), "beaten": "yes"}
     assert metrics["pearson_r"]["value"] == pytest.approx(expected["pearson_r"])
     assert {"figures/age_scatter.png", "figures/bland_altman.png"} <= set(embedded_figures(output))
 
@@ -121,6 +135,11 @@ def test_segmentation_from_mask_folders(nnunet_dirs, tmp_path: Path) -> None:
     assert mean_dice == pytest.approx(np.mean([m["dice"] for m in expected.values()]))
     figures = embedded_figures(output)
     assert "figures/dice_per_case.png" in figures and any("overlay_" in f for f in figures)
+    # references: an empty mask scores 0, the whole image (every voxel is non-zero here) its overlap
+    references = read_summary(output)["references"]["metrics"]
+    whole = np.mean([2 * 36 / (36 + np.prod(SHAPE))] * 3)
+    assert references["all background"]["dice"]["value"] == 0.0
+    assert references["whole brain"]["dice"]["value"] == pytest.approx(whole)
 
 
 def test_missing_prediction_for_a_test_case_is_refused(nnunet_dirs, tmp_path: Path,

@@ -124,3 +124,26 @@ def test_feature_map_size_for_nnunet_planners():
     encoder_only = cls.compute_conv_feature_map_size((PATCH, PATCH, PATCH))
     assert encoder_only > 2 * FILTERS * PATCH ** 3  # at least the two full-resolution stem layers
     assert seg.compute_conv_feature_map_size((PATCH, PATCH, PATCH)) > encoder_only
+
+
+
+@pytest.mark.parametrize("pooling", ["avg", "max", "avgmax"])
+def test_head_pools_each_level_as_asked(pooling: str):
+    torch.manual_seed(0)
+    net = FomoUNet(2, 1, FILTERS, task_type="regression", head_pool_levels=[3, 4], head_pooling=pooling).eval()
+    x = torch.randn(2, 2, 32, 32, 32)
+    skips = net.encoder(x)
+    by_hand = []
+    for level in (3, 4):
+        flat = skips[level].flatten(2)
+        by_hand += {"avg": [flat.mean(-1)], "max": [flat.amax(-1)], "avgmax": [flat.mean(-1), flat.amax(-1)]}[pooling]
+    expected = net.head.linear(torch.cat(by_hand, dim=1))
+    assert net.head.linear.in_features == len(by_hand) // 2 * (8 + 16) * FILTERS
+    torch.testing.assert_close(net(x), expected)
+
+
+def test_unknown_head_pooling_is_refused():
+    with pytest.raises(FomoInputError, match="head_pooling"):
+        FomoUNet(2, 1, FILTERS, task_type="regression", head_pooling="median")
+    with pytest.raises(FomoInputError, match="classification and regression only"):
+        FomoUNet(2, 2, FILTERS, head_pooling="max")

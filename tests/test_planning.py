@@ -32,8 +32,8 @@ from nnunet_ext.networks import FomoUNet
 from nnunet_ext.preprocessing.fomo_plans import FomoPlansBlock
 from nnunet_ext.preprocessing.normalization import FomoPretrainingNormalization, fomo_normalize
 from nnunet_ext.preprocessing.plan_and_preprocess import main
-from nnunet_ext.preprocessing.planner import (FULLRES, NETWORK_CLASS_NAME, FomoPlanSettings, default_patch_size,
-                                               pretrained_spec, task_from_dataset_json)
+from nnunet_ext.preprocessing.planner import (FULLRES, NETWORK_CLASS_NAME, FomoPlanner, FomoPlanSettings,
+                                              default_patch_size, pretrained_spec, task_from_dataset_json)
 from nnunet_ext.pretrained.testing import make_fomo_checkpoint
 
 DATASET_ID = 2
@@ -201,8 +201,35 @@ def test_default_patch_is_capped_by_the_median_shape() -> None:
     assert default_patch_size([141, 100, 33]) == (144, 112, 48)
 
 
+def test_default_patch_covers_the_same_field_at_another_spacing() -> None:
+    assert default_patch_size([300, 300, 300], (2.0, 2.0, 2.0)) == (80, 96, 80)
+    assert default_patch_size([300, 300, 300], (3.0, 3.0, 3.0)) == (64, 64, 64)  # 53.3 -> rounded up
+    # never below what the network can train on
+    assert default_patch_size([10, 12, 9], (2.0, 2.0, 2.0)) == (32, 32, 32)
+
+
+def test_planning_at_another_spacing(planned: Planned) -> None:
+    planner = FomoPlanner(DATASET_ID, plans_name="SpacingPlans",
+                          settings=FomoPlanSettings(spacing=(2.0, 2.0, 2.0), starting_filters=FILTERS))
+    plans = planner.plan_experiment()
+    config = plans["configurations"][FULLRES]
+    assert config["spacing"] == [2.0, 2.0, 2.0]
+    median = np.asarray(planned.plans["configurations"][FULLRES]["median_image_size_in_voxels"]) / 2
+    assert config["patch_size"] == list(default_patch_size(median, (2.0, 2.0, 2.0)))
+    assert plans["transpose_forward"] == [0, 1, 2]
+
+
+@pytest.mark.parametrize("spacing", [["0"], ["-1"], ["1", "1", "nan"], ["1", "2"]])
+def test_cli_refuses_a_bad_spacing(spacing: List[str], capsys: pytest.CaptureFixture) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        main(["-d", "999", "--spacing", *spacing])
+    assert exit_info.value.code == EXIT_BAD_INPUT
+    assert "spacing" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("argv, message", [
     (["--patch-size", "30", "32", "32"], "multiples of 16"),
+    (["--patch-size", "16", "16", "16"], "at least 32"),
     (["--head-dropout", "1.5"], "head dropout"),
     (["--pretrained", "/nonexistent/epoch=12.ckpt"], "not found"),
 ])

@@ -33,8 +33,16 @@ def test_table_cells_read_value_and_interval():
     assert lines[2] == "| Metric | fold 0 | ensemble |"
     assert "| AUROC | 0.91 [0.85, 0.96] | 0.95 [0.90, 0.99] |" in lines
     assert "| HD95 (mm) | undefined [undefined, undefined] | 2.50 [undefined, 3.00] |" in lines
-    assert "- fold 0, AUROC: undefined on 12 bootstrap resamples, which the interval leaves out." in lines
+    assert "- AUROC: undefined on 12 (fold 0) bootstrap resamples, which the intervals leave out." in lines
     assert table.endswith("\n")
+
+
+def test_notes_repeated_by_every_model_collapse_into_one_line():
+    undefined = {"value": float("nan"), "ci_low": float("nan"), "ci_high": float("nan"), "n_undefined_resamples": 200}
+    results = {model: {"hd95": undefined, "assd": undefined} for model in ("fold 0", "fold 1", "ensemble")}
+    notes = [line for line in format_metrics_table(results).splitlines() if line.startswith("- ")]
+    assert notes == ["- HD95 (mm): undefined on 200 bootstrap resamples for every model, which the intervals leave out.",
+                     "- ASSD (mm): undefined on 200 bootstrap resamples for every model, which the intervals leave out."]
 
 
 def test_empty_table_is_refused():

@@ -20,9 +20,7 @@ from nnunet_ext.trainers.variants import (
     DEBUG_EPOCHS,
     DEBUG_ITERATIONS,
     DEBUG_VAL_ITERATIONS,
-    DEMO_EPOCHS,
-    DEMO_ITERATIONS,
-    DEMO_VAL_ITERATIONS,
+    DEMO_SCHEDULES,
     LAYER_LR_DECAY,
     SHORT_SCHEDULE_EPOCHS,
 )
@@ -105,10 +103,13 @@ def test_length_variants_change_only_the_schedule_length(results: Path, dataset:
     assert short.early_stopping_patience == default.early_stopping_patience is not None
     assert (debug.num_epochs, debug.num_iterations_per_epoch, debug.num_val_iterations_per_epoch) == (
         DEBUG_EPOCHS, DEBUG_ITERATIONS, DEBUG_VAL_ITERATIONS)
-    assert (demo.num_epochs, demo.num_iterations_per_epoch, demo.num_val_iterations_per_epoch) == (
-        DEMO_EPOCHS, DEMO_ITERATIONS, DEMO_VAL_ITERATIONS)
+    schedule = DEMO_SCHEDULES["segmentation"]
+    assert (demo.num_epochs, demo.num_iterations_per_epoch, demo.num_val_iterations_per_epoch, demo.initial_lr) == (
+        schedule.epochs, schedule.iterations, schedule.val_iterations, schedule.learning_rate)
     assert debug.early_stopping_patience is None and demo.early_stopping_patience is None
-    assert short.initial_lr == debug.initial_lr == demo.initial_lr == default.initial_lr
+    assert short.initial_lr == debug.initial_lr == default.initial_lr
+    # the demo's checkpoint holds random weights: it trains at a from-scratch rate
+    assert demo.initial_lr > default.initial_lr
 
 
 def test_frozen_encoder_keeps_pretrained_encoder_and_trains_the_decoder(results: Path, dataset: PlannedDataset):

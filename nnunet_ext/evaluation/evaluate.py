@@ -12,6 +12,11 @@ code, or existing predictions are given (``--predictions NAME=PATH``). Written t
 
 Classification is scored at the threshold 0.5 and at the Youden-optimal threshold of the model's pooled validation
 folds (never tuned on the test set), which needs the trained model (``-tr``).
+
+Every report also scores trivial references on the same test cases, the bar a model must clear: a constant score
+(the training prevalence; AUROC 0.5), an all-background mask and the whole brain as the mask, the training cases'
+mean age. ``summary.json["headline"]`` holds the task's headline metric of the ensemble (or of the one model) with
+its interval, the references' values and whether the model beat each.
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, List, Mapping, Optional, Sequence, Tuple, Union
@@ -27,6 +33,7 @@ import numpy as np
 import SimpleITK as sitk
 import torch
 from nnunetv2.paths import nnUNet_raw
+from sklearn.exceptions import UndefinedMetricWarning
 from nnunetv2.utilities.file_path_utilities import maybe_convert_to_dataset_name
 from nnunetv2.utilities.find_objects import recursive_find_trainer_class_by_name
 
@@ -84,6 +91,12 @@ TRAIN_LOSS_KEY, VAL_LOSS_KEY = "train_losses", "val_losses"
 #: Image channel drawn under the segmentation contours.
 OVERLAY_CHANNEL = 0
 
+#: The metric that ranks a model of each task (the challenge's first metric of the task), and its direction.
+HEADLINE_METRICS = {CLASSIFICATION: ("auroc", True), SEGMENTATION: ("dice", True), REGRESSION: ("mae", False)}
+#: Names of the trivial references.
+CONSTANT_SCORE, ALL_BACKGROUND, WHOLE_BRAIN, TRAINING_MEAN = (
+    "constant score", "all background", "whole brain", "training mean")
+
 #: Case-level predictions of each model: model -> case -> predicted probability or value.
 CaseLevelPredictions = Dict[str, Dict[str, float]]
 
@@ -111,9 +124,11 @@ class MetricTable:
 
 @dataclass
 class Evaluation:
-    """What the report shows: metric tables, per-case rows, figures (caption, path) and notes."""
+    """What the report shows: metric tables (the trivial references' apart), per-case rows, figures (caption,
+    path) and notes."""
 
     tables: List[MetricTable] = field(default_factory=list)
+    references: Optional[MetricTable] = None
     per_case: List[dict] = field(default_factory=list)
     figures: List[Tuple[str, Path]] = field(default_factory=list)
     notes: List[str] = field(default_factory=list)
@@ -197,6 +212,23 @@ def highlighted(models: Sequence[str]) -> str:
     return ENSEMBLE if ENSEMBLE in models else models[0]
 
 
+def training_targets(test: TestSet) -> Optional[np.ndarray]:
+    """The training cases' targets (dataset.json ``fomo.targets``), which the references use; None without them."""
+    targets = test.dataset_json[FOMO_KEY].get("targets")
+    return np.array(list(targets.values()), dtype=float) if targets else None
+
+
+def constant_reference(test: TestSet, name: str, value: float, settings: EvaluationSettings, **kwargs) -> MetricTable:
+    """A model that predicts ``value`` for every test case, scored like the real ones."""
+    y_true = np.array([test.targets[c] for c in sorted(test.targets)], dtype=float)
+    with warnings.catch_warnings():
+        # correlations of a constant are undefined, and that is the point of the reference
+        warnings.simplefilter("ignore", UndefinedMetricWarning)
+        metrics = metrics_with_ci(test.task_type, y_true, np.full_like(y_true, value),
+                                  n_resamples=settings.n_resamples, seed=settings.seed, **kwargs)
+    return MetricTable("trivial reference (no model)", {name: metrics}, kwargs.get("threshold"))
+
+
 def evaluate_classification(test: TestSet, predictions: CaseLevelPredictions, youden: Optional[float],
                             figures: Path, settings: EvaluationSettings) -> Evaluation:
     """Metrics at 0.5 and (when known) at the validation folds' Youden threshold; ROC and confusion matrices."""
@@ -218,6 +250,10 @@ def evaluate_classification(test: TestSet, predictions: CaseLevelPredictions, yo
         result.figures.append((f"Confusion matrix of the {best}, {title}", path))
     roc = plot_roc_curves(paired, figures / "roc.png", highlight=best, threshold=youden)
     result.figures.insert(0, ("ROC curves of each fold and the ensemble", roc))
+    # the training prevalence (0.5 without training targets): a score that knows nothing about the case, AUROC 0.5
+    training = training_targets(test)
+    prevalence = DEFAULT_THRESHOLD if training is None else float(training.mean())
+    result.references = constant_reference(test, CONSTANT_SCORE, prevalence, settings, threshold=DEFAULT_THRESHOLD)
     return result
 
 
@@ -234,7 +270,31 @@ def evaluate_regression(test: TestSet, predictions: CaseLevelPredictions, figure
         (f"Predicted against true age, {best}", plot_predicted_vs_true(*paired[best], figures / "age_scatter.png")),
         (f"Bland-Altman plot, {best}", plot_bland_altman(*paired[best], figures / "bland_altman.png")),
     ]
+    training = training_targets(test)
+    if training is None:
+        result.notes.append(f"No '{TRAINING_MEAN}' reference: dataset.json '{FOMO_KEY}' holds no training targets.")
+    else:
+        result.references = constant_reference(test, TRAINING_MEAN, float(training.mean()), settings)
     return result
+
+
+def reference_mask_rows(test: TestSet, nsd_tolerance_mm: float) -> Dict[str, List[dict]]:
+    """Per-case metrics of the trivial masks: all background, and the whole brain (channel 0's non-zero voxels,
+    on the label's grid since fomo_convert puts every channel there)."""
+    file_ending = test.dataset_json["file_ending"]
+    rows: Dict[str, List[dict]] = {ALL_BACKGROUND: [], WHOLE_BRAIN: []}
+    with warnings.catch_warnings():
+        # distances to an empty mask are undefined: expected for the all-background reference
+        warnings.simplefilter("ignore", UndefinedMetricWarning)
+        for reference_path in sorted(test.labels.glob(f"*{file_ending}")):
+            case = reference_path.name[: -len(file_ending)]
+            reference, spacing = load_mask(reference_path)
+            image_path = test.images / f"{case}_{OVERLAY_CHANNEL:04d}{file_ending}"
+            brain = sitk.GetArrayFromImage(sitk.ReadImage(str(image_path))) != 0
+            for name, mask in ((ALL_BACKGROUND, np.zeros_like(brain)), (WHOLE_BRAIN, brain)):
+                rows[name].append({"case": case, "model": name,
+                                   **segmentation_metrics(reference, mask, spacing, nsd_tolerance_mm)})
+    return rows
 
 
 def segmentation_rows(test: TestSet, model: str, folder: Path, nsd_tolerance_mm: float) -> List[dict]:
@@ -288,6 +348,9 @@ def evaluate_segmentation(test: TestSet, predictions: Mapping[str, Path], figure
     result.figures.append(("Dice per case, each fold and the ensemble", dice))
     best = highlighted(list(predictions))
     result.figures += overlay_figures(test, best, predictions[best], rows[best], figures, result.notes)
+    result.references = MetricTable("trivial references (no model)", {
+        name: metrics_with_ci(SEGMENTATION, model_rows, n_resamples=settings.n_resamples, seed=settings.seed)
+        for name, model_rows in reference_mask_rows(test, settings.nsd_tolerance_mm).items()})
     return result
 
 
@@ -325,6 +388,30 @@ def training_curves(model_folder: Path, folds: Sequence[Union[int, str]], figure
     return drawn
 
 
+def headline(task_type: str, evaluation: Evaluation) -> dict:
+    """The headline metric of the highlighted model (ensemble, else the only model) in the first table, with its
+    interval, each reference's value, and whether the model beat it: ``"yes"`` when the whole interval is on the
+    better side of the reference, ``"point estimate only"`` when the value is but the interval reaches it, else
+    ``"no"``."""
+    metric, higher_is_better = HEADLINE_METRICS[task_type]
+    table = evaluation.tables[0]
+    model = highlighted(list(table.models))
+    entry = table.models[model][metric]
+    sign = 1 if higher_is_better else -1
+    references = {}
+    for name, metrics in (evaluation.references.models.items() if evaluation.references else ()):
+        reference = metrics[metric]["value"]
+        if sign * (entry["ci_low" if higher_is_better else "ci_high"] - reference) > 0:
+            beaten = "yes"
+        elif sign * (entry["value"] - reference) > 0:
+            beaten = "point estimate only"
+        else:
+            beaten = "no"
+        references[name] = {"value": reference, "beaten": beaten}
+    return {"metric": metric, "higher_is_better": higher_is_better, "model": model, "table": table.title,
+            **{k: entry[k] for k in ("value", "ci_low", "ci_high")}, "references": references}
+
+
 def report_markdown(test: TestSet, source: str, evaluation: Evaluation, output: Path,
                     settings: EvaluationSettings) -> str:
     """report.md: what was evaluated, the metric tables, the figures and the notes."""
@@ -336,7 +423,7 @@ def report_markdown(test: TestSet, source: str, evaluation: Evaluation, output: 
              f"seed {settings.seed}",
              f"- Per-case results: [{PER_CASE_STEM}.csv]({PER_CASE_STEM}.csv); all numbers: [{SUMMARY_JSON}]"
              f"({SUMMARY_JSON})", "", "## Metrics", ""]
-    for table in evaluation.tables:
+    for table in [*evaluation.tables, *([evaluation.references] if evaluation.references else [])]:
         lines += [f"### {table.title[0].upper()}{table.title[1:]}", "",
                   format_metrics_table(table.models, DEFAULT_CONFIDENCE)]
     lines += ["## Figures", ""]
@@ -357,7 +444,11 @@ def write_outputs(test: TestSet, source: str, evaluation: Evaluation, output: Pa
         "evaluated": source,
         "n_cases": len({row["case"] for row in evaluation.per_case}),
         "bootstrap": {"n_resamples": settings.n_resamples, "confidence": DEFAULT_CONFIDENCE, "seed": settings.seed},
+        "headline": headline(test.task_type, evaluation),
         "tables": [{"title": t.title, "threshold": t.threshold, "metrics": t.models} for t in evaluation.tables],
+        "references": None if evaluation.references is None else {
+            "title": evaluation.references.title, "threshold": evaluation.references.threshold,
+            "metrics": evaluation.references.models},
         "figures": [path.relative_to(output).as_posix() for _, path in evaluation.figures],
         "notes": evaluation.notes,
     }))

@@ -66,14 +66,24 @@ def _format_value(value: float | None, digits: int) -> str:
     return UNDEFINED_TEXT if value is None or math.isnan(value) else f"{value:.{digits}f}"
 
 
+def _undefined_note(label: str, undefined_on: list[tuple[str, int]], n_models: int) -> str:
+    """One line per metric on the bootstrap resamples where it was undefined, however many models share it."""
+    counts = {n for _, n in undefined_on}
+    if len(undefined_on) == n_models and len(counts) == 1:
+        where = f"on {counts.pop()} bootstrap resamples for every model"
+    else:
+        where = "on " + ", ".join(f"{n} ({model})" for model, n in undefined_on) + " bootstrap resamples"
+    return f"{label}: undefined {where}, which the intervals leave out."
+
+
 def format_metrics_table(
     results: Mapping[str, Mapping[str, Mapping[str, float]]], confidence: float = 0.95, digits: int = 3
 ) -> str:
     """A Markdown table of metrics with confidence intervals, one row per metric and one column per model.
 
     A caption line states the coverage; each cell reads ``value [low, high]``; undefined values read
-    ``undefined``. Below the table, a note names each metric whose interval skipped resamples on which
-    it was undefined.
+    ``undefined``. Below the table, one note per metric whose intervals skipped resamples on which it was
+    undefined, naming the models.
 
     Parameters
     ----------
@@ -103,16 +113,16 @@ def format_metrics_table(
     notes = []
     for name in names:
         cells = []
+        undefined_on = []
         for model in models:
             entry = results[model][name]
             value, low, high = (_format_value(entry[key], digits) for key in ("value", "ci_low", "ci_high"))
             cells.append(f"{value} [{low}, {high}]")
             if entry.get("n_undefined_resamples"):
-                notes.append(
-                    f"{model}, {METRIC_LABELS.get(name, name)}: undefined on "
-                    f"{entry['n_undefined_resamples']} bootstrap resamples, which the interval leaves out."
-                )
+                undefined_on.append((model, entry["n_undefined_resamples"]))
         lines.append(f"| {METRIC_LABELS.get(name, name)} | {' | '.join(cells)} |")
+        if undefined_on:
+            notes.append(_undefined_note(METRIC_LABELS.get(name, name), undefined_on, len(models)))
     if notes:
         lines += [""] + [f"- {note}" for note in notes]
     return "\n".join(lines) + "\n"

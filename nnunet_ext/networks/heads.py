@@ -9,24 +9,39 @@ from torch import nn
 
 #: Index of the first spatial axis in a [B, C, X, Y, Z] feature map.
 _FIRST_SPATIAL_DIM = 2
+#: Global poolings of a feature map: its mean, its maximum, or both (concatenated).
+POOLINGS = ("avg", "max", "avgmax")
 
 
 class PoolingHead(nn.Module):
-    """Global average pooling of selected encoder levels -> concatenation -> dropout -> one Linear layer.
+    """Global pooling of selected encoder levels -> concatenation -> dropout -> one Linear layer.
 
-    With the default single level (the bottleneck) this is the FOMO baseline's head; pooling shallower levels as
-    well gives the linear layer finer-grained features, which can help on tiny datasets.
+    With average pooling of the single bottleneck level this is the FOMO baseline's head. Every encoder block
+    ends in instance norm, which sets each channel's mean and variance over the volume: the average of a
+    channel then says little about the case, while its maximum still tells whether (and how strongly) a
+    pattern occurs anywhere, e.g. a lesion. ``pooling="max"`` (or ``"avgmax"``, both) keeps that. Pooling
+    shallower levels as well gives the linear layer finer-grained features, which helps on tiny datasets.
     """
 
     def __init__(self, level_channels: Sequence[int], pool_levels: Sequence[int], num_outputs: int,
-                 dropout: float = 0.0):
-        """``level_channels[i]`` is the channel count of encoder level i; ``pool_levels`` picks the pooled levels."""
+                 dropout: float = 0.0, pooling: str = "avg"):
+        """``level_channels[i]`` is the channel count of encoder level i; ``pool_levels`` picks the pooled levels;
+        ``pooling`` is one of :data:`POOLINGS`."""
         super().__init__()
+        if pooling not in POOLINGS:
+            raise ValueError(f"pooling must be one of {POOLINGS}, got {pooling!r}")
         self.pool_levels = tuple(pool_levels)
+        self.pooling = pooling
         self.dropout = nn.Dropout(p=dropout)
-        self.linear = nn.Linear(sum(level_channels[level] for level in self.pool_levels), num_outputs)
+        per_channel = 2 if pooling == "avgmax" else 1
+        self.linear = nn.Linear(per_channel * sum(level_channels[level] for level in self.pool_levels), num_outputs)
+
+    def _pool(self, features: torch.Tensor) -> list[torch.Tensor]:
+        flat = features.flatten(_FIRST_SPATIAL_DIM)
+        return [*([flat.mean(dim=-1)] if self.pooling != "max" else []),
+                *([flat.amax(dim=-1)] if self.pooling != "avg" else [])]
 
     def forward(self, skips: Sequence[torch.Tensor]) -> torch.Tensor:
         """Map the encoder outputs of every level (shallowest first) to [B, num_outputs]."""
-        pooled = [skips[level].flatten(_FIRST_SPATIAL_DIM).mean(dim=-1) for level in self.pool_levels]
+        pooled = [p for level in self.pool_levels for p in self._pool(skips[level])]
         return self.linear(self.dropout(torch.cat(pooled, dim=1)))

@@ -20,7 +20,7 @@ from torch import nn
 from nnunet_ext.dataset_conversion.tasks import CLASSIFICATION, REGRESSION, SEGMENTATION
 from nnunet_ext.errors import FomoInputError
 from nnunet_ext.networks.blocks import CONV_KERNEL_SIZE, LEAKY_RELU_SLOPE, LEVEL_SCALE, POOLING, fomo_layer_kwargs
-from nnunet_ext.networks.heads import PoolingHead
+from nnunet_ext.networks.heads import POOLINGS, PoolingHead
 
 #: Starting filters of the published models; every level doubles them.
 MODEL_PRESETS: dict[str, int] = {"unet_b": 32, "unet_xl": 64}
@@ -36,6 +36,8 @@ TASK_TYPES = (SEGMENTATION, CLASSIFICATION, REGRESSION)
 SPATIAL_DIMS = 3
 #: Encoder level(s) pooled by the image-level head by default: the bottleneck of the 5-level network.
 DEFAULT_HEAD_POOL_LEVELS: tuple[int, ...] = (FOMO_N_STAGES - 1,)
+#: The head's global pooling by default: the FOMO baseline's average (see heads.PoolingHead for the others).
+DEFAULT_HEAD_POOLING = "avg"
 
 #: nnU-Net's He initialisation, with the slope of the network's LeakyReLU.
 _HE_INIT = InitWeights_He(neg_slope=LEAKY_RELU_SLOPE)
@@ -93,11 +95,11 @@ class FomoUNet(nn.Module):
                  decoder_convs: int = DECODER_LAYOUTS["unet_b_lw_dec"], task_type: str = SEGMENTATION,
                  deep_supervision: bool = False, head_dropout: float = 0.0,
                  head_pool_levels: Sequence[int] = DEFAULT_HEAD_POOL_LEVELS, n_stages: int = FOMO_N_STAGES,
-                 strides: Sequence[Sequence[int]] | None = None):
+                 strides: Sequence[Sequence[int]] | None = None, head_pooling: str = DEFAULT_HEAD_POOLING):
         super().__init__()
         head_pool_levels = tuple(head_pool_levels)  # plans store JSON lists
         self._validate(input_channels, num_classes, starting_filters, decoder_convs, task_type,
-                       deep_supervision, head_dropout, head_pool_levels, n_stages)
+                       deep_supervision, head_dropout, head_pool_levels, n_stages, head_pooling)
         # nnU-Net reads the pooling from arch_kwargs["strides"] (deep-supervision scales), so plans carry it;
         # FOMO's pooling is fixed, so anything else would be silently wrong.
         _require(strides is None or [list(s) for s in strides] == fomo_strides(n_stages),
@@ -118,12 +120,12 @@ class FomoUNet(nn.Module):
             # DNA's decoder concatenates [upsampled, skip], FOMO's order; its seg_layers[-1] is the output conv.
             self.decoder = UNetDecoder(self.encoder, num_classes, decoder_convs, deep_supervision)
         else:
-            self.head = PoolingHead(features, head_pool_levels, num_classes, head_dropout)
+            self.head = PoolingHead(features, head_pool_levels, num_classes, head_dropout, head_pooling)
 
     @staticmethod
     def _validate(input_channels: int, num_classes: int, starting_filters: int, decoder_convs: int,
                   task_type: str, deep_supervision: bool, head_dropout: float,
-                  head_pool_levels: tuple[int, ...], n_stages: int) -> None:
+                  head_pool_levels: tuple[int, ...], n_stages: int, head_pooling: str) -> None:
         """Refuse arguments that are invalid or that would be silently ignored."""
         for name, value in (("input_channels", input_channels), ("num_classes", num_classes),
                             ("starting_filters", starting_filters), ("decoder_convs", decoder_convs)):
@@ -131,14 +133,16 @@ class FomoUNet(nn.Module):
         _require(isinstance(n_stages, int) and n_stages >= 2, f"n_stages must be an integer >= 2, got {n_stages!r}")
         _require(task_type in TASK_TYPES, f"task_type must be one of {TASK_TYPES}, got {task_type!r}")
         if task_type == SEGMENTATION:
-            _require(head_dropout == 0.0 and head_pool_levels == DEFAULT_HEAD_POOL_LEVELS,
-                     "head_dropout / head_pool_levels apply to classification and regression only")
+            _require(head_dropout == 0.0 and head_pool_levels == DEFAULT_HEAD_POOL_LEVELS
+                     and head_pooling == DEFAULT_HEAD_POOLING,
+                     "head_dropout / head_pool_levels / head_pooling apply to classification and regression only")
             return
         _require(not deep_supervision, f"deep supervision needs a decoder, which {task_type} does not build")
         _require(0.0 <= head_dropout < 1.0, f"head_dropout must be in [0, 1), got {head_dropout!r}")
         _require(len(head_pool_levels) > 0 and len(set(head_pool_levels)) == len(head_pool_levels)
                  and all(0 <= level < n_stages for level in head_pool_levels),
                  f"head_pool_levels must be distinct levels in 0..{n_stages - 1}, got {head_pool_levels!r}")
+        _require(head_pooling in POOLINGS, f"head_pooling must be one of {POOLINGS}, got {head_pooling!r}")
 
     @staticmethod
     def initialize(module: nn.Module) -> None:

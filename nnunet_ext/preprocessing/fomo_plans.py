@@ -8,7 +8,7 @@ nnU-Net's predictor rebuilds a network from the plans and the trainer class only
     "fomo": {
       "task_type": "segmentation",              // as in dataset.json's fomo.task_type
       "num_outputs": 2,                          // logits (classification, segmentation) or 1 (regression)
-      "head": {"dropout": 0.0, "pool_levels": [4]},
+      "head": {"dropout": 0.0, "pool_levels": [4], "pooling": "avg"},   // pooling: avg | max | avgmax
       "pretrained": {"path": "/abs/epoch=12.ckpt", "sha256": "...", "model": "unet_b",
                      "decoder_layout": "unet_b_lw_dec", "starting_filters": 32},   // or null
       "normalization": "FomoPretrainingNormalization"
@@ -21,6 +21,7 @@ from dataclasses import asdict, dataclass
 from typing import Any, Dict, Optional, Tuple
 
 from nnunet_ext.errors import FomoInputError
+from nnunet_ext.networks.unet import DEFAULT_HEAD_POOLING
 
 #: Key of the block inside a plans configuration.
 FOMO_PLANS_KEY = "fomo"
@@ -32,6 +33,7 @@ class HeadSpec:
 
     dropout: float
     pool_levels: Tuple[int, ...]
+    pooling: str = DEFAULT_HEAD_POOLING
 
 
 @dataclass(frozen=True)
@@ -67,7 +69,9 @@ class FomoPlansBlock:
             raise FomoInputError(f"the plans configuration has no {FOMO_PLANS_KEY!r} block: plan the dataset with "
                                  "fomo_plan_and_preprocess")
         try:
-            head = HeadSpec(float(block["head"]["dropout"]), tuple(int(i) for i in block["head"]["pool_levels"]))
+            # plans written before the pooling choice existed pooled the average
+            head = HeadSpec(float(block["head"]["dropout"]), tuple(int(i) for i in block["head"]["pool_levels"]),
+                            str(block["head"].get("pooling", DEFAULT_HEAD_POOLING)))
             pretrained = None if block["pretrained"] is None else PretrainedSpec(**block["pretrained"])
             return cls(block["task_type"], int(block["num_outputs"]), head, pretrained, block["normalization"])
         except (KeyError, TypeError) as e:

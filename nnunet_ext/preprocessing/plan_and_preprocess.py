@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import functools
+import logging
 from pathlib import Path
 from typing import Optional, Sequence
 
@@ -26,9 +27,19 @@ from nnunetv2.utilities.dataset_name_id_conversion import convert_id_to_dataset_
 
 from nnunet_ext.errors import FomoInputError, cli_entry
 from nnunet_ext.networks import DECODER_LAYOUTS, MODEL_PRESETS
-from nnunet_ext.networks.unet import DEFAULT_HEAD_POOL_LEVELS
-from nnunet_ext.preprocessing.planner import FULLRES, FomoPlanner, FomoPlanSettings, validate_patch_size
+from nnunet_ext.networks.heads import POOLINGS
+from nnunet_ext.networks.unet import DEFAULT_HEAD_POOL_LEVELS, DEFAULT_HEAD_POOLING
+from nnunet_ext.preprocessing.planner import (
+    FULLRES,
+    PRETRAINING_SPACING_MM,
+    FomoPlanner,
+    FomoPlanSettings,
+    validate_patch_size,
+    validate_spacing,
+)
 from nnunet_ext.preprocessing.registration import register_with_nnunet
+
+log = logging.getLogger(__name__)
 
 #: nnU-Net's default plans identifier: FOMO plans take its place (see the module docstring).
 DEFAULT_PLANS_NAME = "nnUNetPlans"
@@ -62,9 +73,14 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-d", "--dataset", type=int, required=True, help="dataset ID in nnUNet_raw")
     parser.add_argument("-c", "--configuration", choices=[FULLRES], default=FULLRES,
                         help="configuration to plan; FOMO plans hold 3d_fullres only")
+    parser.add_argument("--spacing", type=float, nargs="+", metavar="MM",
+                        help="target spacing in mm: one value (isotropic) or three in nnU-Net's array axis order "
+                             "(default: 1, the pretraining's; e.g. 2 for CPU budgets and quick experiments, with a "
+                             "warning, since the encoder was pretrained at 1 mm)")
     parser.add_argument("--patch-size", type=int, nargs=3, metavar=("X", "Y", "Z"),
-                        help="patch size in voxels at 1 mm, in nnU-Net's array axis order, each a multiple of 16 "
-                             "(default: 160 192 160 capped by the median image shape)")
+                        help="patch size in voxels, in nnU-Net's array axis order, each a multiple of 16 and at "
+                             "least 32 (default: the field of 160 x 192 x 160 voxels at 1 mm at the planned "
+                             "spacing, capped by the median image shape)")
     parser.add_argument("--pretrained", type=Path, metavar="CKPT",
                         help="FOMO checkpoint the trainers start from; its path and sha256 go into the plans")
     parser.add_argument("--model", choices=sorted(MODEL_PRESETS), default="unet_b",
@@ -78,6 +94,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--head-pool-levels", type=int, nargs="+", default=list(DEFAULT_HEAD_POOL_LEVELS),
                         metavar="LEVEL", help="encoder levels (0-4) the classification / regression head pools "
                                               "(default: 4, the bottleneck)")
+    parser.add_argument("--head-pooling", choices=POOLINGS, default=DEFAULT_HEAD_POOLING,
+                        help="global pooling of each pooled level: avg (the FOMO baseline's), max (keeps whether a "
+                             "pattern occurs anywhere, which instance norm leaves the average blind to) or avgmax "
+                             "(both)")
     parser.add_argument("--plans-name", default=DEFAULT_PLANS_NAME,
                         help=f"plans identifier (default {DEFAULT_PLANS_NAME!r}, what nnUNetv2_train uses without -p)")
     parser.add_argument("-np", "--num-processes", type=int, default=default_num_processes,
@@ -89,15 +109,26 @@ def build_parser() -> argparse.ArgumentParser:
 
 @cli_entry
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    spacing = PRETRAINING_SPACING_MM
+    if args.spacing is not None:
+        if len(args.spacing) not in (1, 3):
+            parser.error("--spacing takes one value (isotropic) or three")
+        spacing = validate_spacing(args.spacing)
+    if spacing != PRETRAINING_SPACING_MM:
+        log.warning("planning at %s mm: the FOMO encoder was pretrained at 1 mm, so its filters see anatomy at "
+                    "another scale than they learned", " x ".join(f"{s:g}" for s in spacing))
     settings = FomoPlanSettings(
         model=args.model,
         starting_filters=args.starting_filters,
         decoder_layout=args.decoder_layout,
         patch_size=None if args.patch_size is None else validate_patch_size(args.patch_size),
+        spacing=spacing,
         pretrained=args.pretrained,
         head_dropout=args.head_dropout,
         head_pool_levels=tuple(args.head_pool_levels),
+        head_pooling=args.head_pooling,
     )
     plans_file = fomo_plan_and_preprocess(args.dataset, settings, args.plans_name, args.num_processes,
                                           args.verify_dataset_integrity)

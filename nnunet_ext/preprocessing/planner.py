@@ -3,12 +3,16 @@
 Only the ``3d_fullres`` configuration is written. Its spacing, intensity normalisation and network are those the
 FOMO25 encoder was pretrained with; resampling, cropping, transposition and the data identifier stay nnU-Net's.
 
+Spacing: 1 mm isotropic by default, the pretraining's; ``--spacing`` plans at another (e.g. 2 mm, for CPU budgets
+and quick experiments), with a warning, since the encoder's filters were tuned to 1 mm.
+
 Patch size: the default :data:`DEFAULT_PATCH_SIZE` (160 x 192 x 160 voxels at 1 mm) holds a whole skull-stripped
 adult brain (about 140 x 175 x 145 mm once cropped to its bounding box), so the image-level heads pool over the
 entire brain and segmentation sees the full context. nnU-Net's own VRAM estimator puts UNet-B at batch 2 on this
 patch at about 12 GB (UNet-XL about 24 GB): it fits 24-80 GB GPUs, UNet-XL from 40 GB. Smaller datasets do not
 pay for it: each axis is capped by the median image shape rounded up to a multiple of 16 (the network pools four
-times by 2). ``--patch-size`` overrides it.
+times by 2). At another spacing the default covers the same physical field (80 x 96 x 80 voxels at 2 mm), and
+never less than :data:`MIN_PATCH_EDGE` per axis. ``--patch-size`` overrides it.
 """
 
 from __future__ import annotations
@@ -25,7 +29,8 @@ from nnunetv2.experiment_planning.experiment_planners.default_experiment_planner
 from nnunet_ext.dataset_conversion.tasks import FOMO_KEY
 from nnunet_ext.errors import FomoInputError
 from nnunet_ext.networks import DECODER_LAYOUTS, FOMO_N_STAGES, MODEL_PRESETS, SEGMENTATION, TASK_TYPES
-from nnunet_ext.networks.unet import DEFAULT_HEAD_POOL_LEVELS, fomo_strides
+from nnunet_ext.networks.heads import POOLINGS
+from nnunet_ext.networks.unet import DEFAULT_HEAD_POOL_LEVELS, DEFAULT_HEAD_POOLING, fomo_strides
 from nnunet_ext.preprocessing.fomo_plans import FOMO_PLANS_KEY, FomoPlansBlock, HeadSpec, PretrainedSpec
 from nnunet_ext.preprocessing.normalization import FomoPretrainingNormalization
 from nnunet_ext.pretrained import load_fomo_state_dict, sha256_of_file
@@ -39,6 +44,8 @@ FULLRES = "3d_fullres"
 PRETRAINING_SPACING_MM: Tuple[float, float, float] = (1.0, 1.0, 1.0)
 #: Patch edges must be divisible by the total downsampling of the network (four max-pools by 2).
 PATCH_DIVISOR = 2 ** (FOMO_N_STAGES - 1)
+#: Smallest patch edge: training needs more than one bottleneck voxel per axis for instance norm.
+MIN_PATCH_EDGE = 2 * PATCH_DIVISOR
 #: Default patch (voxels at 1 mm, nnU-Net's array axis order); see the module docstring.
 DEFAULT_PATCH_SIZE: Tuple[int, int, int] = (160, 192, 160)
 #: Cases per training batch (the FOMO baseline's and nnU-Net's minimum).
@@ -50,18 +57,37 @@ Shape = Union[Sequence[int], np.ndarray]
 
 
 def validate_patch_size(patch_size: Sequence[int]) -> Tuple[int, int, int]:
-    """Return ``patch_size`` as a tuple, or refuse one that is not 3 positive multiples of :data:`PATCH_DIVISOR`."""
+    """Return ``patch_size`` as a tuple, or refuse one that is not 3 multiples of :data:`PATCH_DIVISOR` of at least
+    :data:`MIN_PATCH_EDGE`."""
     patch = tuple(int(edge) for edge in patch_size)
-    if len(patch) != 3 or any(edge <= 0 or edge % PATCH_DIVISOR for edge in patch):
-        raise FomoInputError(f"patch size {list(patch_size)} must be 3 positive multiples of {PATCH_DIVISOR} "
-                             f"(the network downsamples {FOMO_N_STAGES - 1} times by 2)")
+    if len(patch) != 3 or any(edge < MIN_PATCH_EDGE or edge % PATCH_DIVISOR for edge in patch):
+        raise FomoInputError(f"patch size {list(patch_size)} must be 3 multiples of {PATCH_DIVISOR} (the network "
+                             f"downsamples {FOMO_N_STAGES - 1} times by 2), each at least {MIN_PATCH_EDGE} (training "
+                             "needs more than one bottleneck voxel per axis)")
     return patch  # type: ignore[return-value]
 
 
-def default_patch_size(median_shape: Shape) -> Tuple[int, int, int]:
-    """:data:`DEFAULT_PATCH_SIZE`, each axis capped by the median image shape rounded up to the divisor."""
-    return tuple(min(default, PATCH_DIVISOR * math.ceil(median / PATCH_DIVISOR))
-                 for default, median in zip(DEFAULT_PATCH_SIZE, median_shape))  # type: ignore[return-value]
+def validate_spacing(spacing: Sequence[float]) -> Tuple[float, float, float]:
+    """``spacing`` (one isotropic value or 3, in mm) as 3 floats; refuse non-positive or non-finite values."""
+    values = tuple(float(s) for s in spacing)
+    if len(values) == 1:
+        values = values * 3
+    if len(values) != 3 or not all(math.isfinite(s) and s > 0 for s in values):
+        raise FomoInputError(f"spacing {list(spacing)} must be one or three positive, finite values in mm")
+    return values  # type: ignore[return-value]
+
+
+def _round_up(edge: float) -> int:
+    return PATCH_DIVISOR * math.ceil(edge / PATCH_DIVISOR - 1e-9)
+
+
+def default_patch_size(median_shape: Shape, spacing: Sequence[float] = PRETRAINING_SPACING_MM
+                       ) -> Tuple[int, int, int]:
+    """The field of :data:`DEFAULT_PATCH_SIZE` (at 1 mm) in voxels of ``spacing``, each axis capped by the median
+    image shape; rounded up to multiples of the divisor, at least :data:`MIN_PATCH_EDGE`."""
+    return tuple(max(MIN_PATCH_EDGE, min(_round_up(default * pretraining / s), _round_up(median)))
+                 for default, pretraining, s, median in zip(DEFAULT_PATCH_SIZE, PRETRAINING_SPACING_MM, spacing,
+                                                            median_shape))  # type: ignore[return-value]
 
 
 @dataclass(frozen=True)
@@ -74,9 +100,12 @@ class FomoPlanSettings:
     decoder_layout: str = "unet_b_lw_dec"
     #: None: :func:`default_patch_size`.
     patch_size: Optional[Tuple[int, int, int]] = None
+    #: Target spacing in mm (nnU-Net's array axis order); the pretraining's 1 mm by default.
+    spacing: Tuple[float, float, float] = PRETRAINING_SPACING_MM
     pretrained: Optional[Path] = None
     head_dropout: float = 0.0
     head_pool_levels: Tuple[int, ...] = DEFAULT_HEAD_POOL_LEVELS
+    head_pooling: str = DEFAULT_HEAD_POOLING
 
     def __post_init__(self) -> None:
         if self.model not in MODEL_PRESETS:
@@ -88,11 +117,14 @@ class FomoPlanSettings:
             raise FomoInputError(f"starting filters must be positive, got {self.starting_filters}")
         if self.patch_size is not None:
             validate_patch_size(self.patch_size)
+        validate_spacing(self.spacing)
         if not 0.0 <= self.head_dropout < 1.0:
             raise FomoInputError(f"head dropout must be in [0, 1), got {self.head_dropout}")
         if not self.head_pool_levels or any(not 0 <= level < FOMO_N_STAGES for level in self.head_pool_levels):
             raise FomoInputError(f"head pool levels must be encoder levels 0..{FOMO_N_STAGES - 1}, "
                                  f"got {list(self.head_pool_levels)}")
+        if self.head_pooling not in POOLINGS:
+            raise FomoInputError(f"head pooling must be one of {POOLINGS}, got {self.head_pooling!r}")
         if self.pretrained is not None and not Path(self.pretrained).is_file():
             raise FomoInputError("pretrained checkpoint not found", self.pretrained)
 
@@ -102,7 +134,8 @@ class FomoPlanSettings:
 
     @property
     def has_custom_head(self) -> bool:
-        return self.head_dropout != 0.0 or tuple(self.head_pool_levels) != DEFAULT_HEAD_POOL_LEVELS
+        return (self.head_dropout != 0.0 or tuple(self.head_pool_levels) != DEFAULT_HEAD_POOL_LEVELS
+                or self.head_pooling != DEFAULT_HEAD_POOLING)
 
 
 def task_from_dataset_json(dataset_json: Dict[str, Any], path: Path) -> Tuple[str, int]:
@@ -151,6 +184,8 @@ class FomoPlanner(ExperimentPlanner):
         super().__init__(dataset_name_or_id, *args, **kwargs)
         # a 3d_lowres configuration is never searched for: FOMO plans hold 3d_fullres only
         self.lowres_creation_threshold = 0
+        # the axes stay in the order nnU-Net reads them, so that --spacing and --patch-size mean the same axes
+        self.suppress_transpose = True
         self.settings = settings
         self.fomo_block = self._fomo_block()
 
@@ -158,13 +193,13 @@ class FomoPlanner(ExperimentPlanner):
         dataset_json_path = Path(self.raw_dataset_folder) / "dataset.json"
         task_type, num_outputs = task_from_dataset_json(self.dataset_json, dataset_json_path)
         if task_type == SEGMENTATION and self.settings.has_custom_head:
-            raise FomoInputError("head dropout and pool levels apply to classification and regression only")
-        head = HeadSpec(self.settings.head_dropout, tuple(self.settings.head_pool_levels))
+            raise FomoInputError("head dropout, pool levels and pooling apply to classification and regression only")
+        head = HeadSpec(self.settings.head_dropout, tuple(self.settings.head_pool_levels), self.settings.head_pooling)
         return FomoPlansBlock(task_type, num_outputs, head, pretrained_spec(self.settings),
                               FomoPretrainingNormalization.__name__)
 
     def determine_fullres_target_spacing(self) -> np.ndarray:
-        return np.array(PRETRAINING_SPACING_MM)
+        return np.array(self.settings.spacing, dtype=float)
 
     def determine_normalization_scheme_and_whether_mask_is_used_for_norm(self) -> Tuple[List[str], List[bool]]:
         # our scheme finds its own foreground (brighter than the minimum), so nnU-Net's non-zero mask stays off
@@ -178,7 +213,7 @@ class FomoPlanner(ExperimentPlanner):
                                                    approximate_n_voxels_dataset, _cache)
         if len(spacing) != 3:
             return plan  # the 2d configuration nnU-Net always plans: save_plans drops it
-        patch = self.settings.patch_size or default_patch_size(median_shape)
+        patch = self.settings.patch_size or default_patch_size(median_shape, spacing)
         plan.update({
             "batch_size": BATCH_SIZE,
             "patch_size": list(patch),
@@ -199,7 +234,8 @@ class FomoPlanner(ExperimentPlanner):
         }
         if self.fomo_block.task_type != SEGMENTATION:
             arch_kwargs.update(head_dropout=self.fomo_block.head.dropout,
-                               head_pool_levels=list(self.fomo_block.head.pool_levels))
+                               head_pool_levels=list(self.fomo_block.head.pool_levels),
+                               head_pooling=self.fomo_block.head.pooling)
         return {"network_class_name": NETWORK_CLASS_NAME, "arch_kwargs": arch_kwargs, "_kw_requires_import": []}
 
     def save_plans(self, plans: dict) -> None:

@@ -1,7 +1,8 @@
 """``FomoClassificationTrainer``: FOMO Task 1 (infarct yes / no) with the pretrained encoder and a pooling head.
 
-Cross-entropy (with label smoothing) on the per-case class, class-balanced case sampling, and AUROC on whole
-validation cases picking ``checkpoint_best.pth``; the shared case-level machinery is ``FomoCaseLevelTrainer``.
+Cross-entropy (with label smoothing) on the per-case class, class-balanced case sampling, modality dropout (a
+missing sequence is a zero channel, see ``augmentation``), and AUROC on whole validation cases picking
+``checkpoint_best.pth``; the shared case-level machinery is ``FomoCaseLevelTrainer``.
 """
 
 from __future__ import annotations
@@ -13,12 +14,20 @@ import torch
 
 from nnunet_ext.dataset_conversion.tasks import CLASSIFICATION
 from nnunet_ext.evaluation.classification import classification_metrics
+from batchgeneratorsv2.transforms.utils.compose import ComposeTransforms
+
+from nnunet_ext.trainers.augmentation import with_modality_dropout
 from nnunet_ext.trainers.case_level import FomoCaseLevelTrainer
 from nnunet_ext.trainers.sampling import class_balanced_probabilities, set_sampling_probabilities, wrapped_loader
 
 #: Label smoothing of the cross-entropy: with 21 training cases the network can memorise every label within a
 #: few epochs; smoothed targets keep its logits bounded and its probabilities less overconfident.
 LABEL_SMOOTHING = 0.1
+#: Probability that a training sample loses one channel (never the first, DWI, which every subject has): about
+#: twice the share of FOMO-like subjects that miss a sequence, so that the network learns what a zero channel is.
+MODALITY_DROPOUT_PROBABILITY = 0.2
+#: Channels never dropped.
+ALWAYS_PRESENT_CHANNELS = (0,)
 #: Index of the positive class (infarct present) among the network's logits.
 POSITIVE_CLASS = 1
 
@@ -40,6 +49,12 @@ class FomoClassificationTrainer(FomoCaseLevelTrainer):
 
     def _build_loss(self) -> torch.nn.Module:
         return torch.nn.CrossEntropyLoss(label_smoothing=self.label_smoothing)
+
+    @staticmethod
+    def get_training_transforms(*args, **kwargs) -> ComposeTransforms:
+        """nnU-Net's training augmentation, then modality dropout."""
+        return with_modality_dropout(FomoCaseLevelTrainer.get_training_transforms(*args, **kwargs),
+                                     MODALITY_DROPOUT_PROBABILITY, ALWAYS_PRESENT_CHANNELS)
 
     def get_dataloaders(self):
         """nnU-Net's loaders, the training one drawing both classes equally often (Task 1 is 13 / 8)."""
