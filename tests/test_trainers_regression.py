@@ -22,7 +22,7 @@ from case_level_datasets import (
     shortened,
     train_in_process,
 )
-from nnunet_ext.trainers import FomoRegressionTrainer
+from nnunet_ext.trainers import FomoRegressionTrainer, FomoRegressionTrainer_L1
 from nnunet_ext.trainers.regression import STANDARDISER_ATTRIBUTE, standardiser_of
 
 DEBUG_TRAINER = "FomoRegressionTrainer_debug"
@@ -45,8 +45,8 @@ def _training_ages(dataset: CaseLevelDataset) -> np.ndarray:
     return np.array([dataset.targets[c] for c in dataset.splits[0]["train"]])
 
 
-def _trainer(dataset: CaseLevelDataset) -> FomoRegressionTrainer:
-    trainer = build_trainer(dataset, FomoRegressionTrainer)
+def _trainer(dataset: CaseLevelDataset, trainer_class: type = FomoRegressionTrainer) -> FomoRegressionTrainer:
+    trainer = build_trainer(dataset, trainer_class)
     trainer.initialize()
     return trainer
 
@@ -97,7 +97,7 @@ def test_val_rerun_reproduces_the_ages_from_the_checkpoint(trained: Path, datase
 
 
 def test_the_loss_receives_the_standardised_targets_of_the_batch_keys(dataset: CaseLevelDataset):
-    trainer = _trainer(dataset)
+    trainer = _trainer(dataset, FomoRegressionTrainer_L1)
     ages = _training_ages(dataset)
     standardiser_of(trainer.network).fit(ages)
     received = []

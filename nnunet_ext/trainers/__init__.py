@@ -17,7 +17,13 @@ from nnunet_ext.trainers.classification import (  # noqa: E402
     FomoClassificationTrainer,
     FomoClassificationTrainer_noSmoothing,
 )
-from nnunet_ext.trainers.regression import FomoRegressionTrainer, FomoRegressionTrainer_MSE  # noqa: E402
+from nnunet_ext.trainers.regression import (  # noqa: E402
+    FomoRegressionTrainer,
+    FomoRegressionTrainer_L1,
+    FomoRegressionTrainer_MirrorAll,
+    FomoRegressionTrainer_MSE,
+    FomoRegressionTrainer_SoftLabel,
+)
 from nnunet_ext.trainers.segmentation import (  # noqa: E402
     FomoFinetuneTrainer,
     FomoFinetuneTrainer_DeepSupervision,
@@ -33,6 +39,9 @@ TRAINER_FAMILIES: tuple[type[FomoTrainerBase], ...] = (
     FomoClassificationTrainer_noSmoothing,
     FomoRegressionTrainer,
     FomoRegressionTrainer_MSE,
+    FomoRegressionTrainer_SoftLabel,
+    FomoRegressionTrainer_L1,
+    FomoRegressionTrainer_MirrorAll,
 )
 #: Every trainer nnU-Net can be asked for, by class name.
 TRAINERS: dict[str, type[FomoTrainerBase]] = {}

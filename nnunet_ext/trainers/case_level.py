@@ -11,9 +11,16 @@ is trained and validated against:
   brain, placed at random inside the volume, which nnU-Net's preprocessing cropped to the brain's bounding box:
   a lesion that defines the label is rarely cropped out. nnU-Net's foreground oversampling is off: with the
   brain mask as the only label it would centre patches on edge voxels as often as on central ones, putting
-  up to half of a patch outside the brain. nnU-Net's augmentation runs unchanged, mirroring on every axis
-  included: a flip keeps a case-level label (infarct present, age), and the converter keeps each case's
-  stored orientation, so array axes are not the same anatomical axes in every case anyway.
+  up to half of a patch outside the brain.
+- **Mirroring.** nnU-Net mirrors training patches (and test-time inputs) along every axis. ``fomo_convert``
+  stores every case in RAS, nnU-Net's readers return its voxels as ``[z, y, x]`` = [inferior-superior,
+  posterior-anterior, left-right] arrays and the FOMO plans keep that order (``transpose_forward`` = identity),
+  so the array axes are the same anatomical axes in every case. A left-right flip gives a plausible brain (the
+  hemispheres are nearly symmetric) and keeps a case-level label; an upside-down or back-to-front brain is
+  nothing the encoder ever saw. With :attr:`FomoCaseLevelTrainer.mirror_left_right_only` training and test-time
+  augmentation mirror the left-right axis only (:func:`left_right_axis`). The regression trainer does so (chosen
+  by measurement on IXI, see ``trainers/regression.py``); classification keeps nnU-Net's every-axis mirroring
+  until measured (the ``MirrorAllAxes`` mixin restores it where a subclass switched it off).
 - **Validation.** Every epoch, each validation case's whole preprocessed volume goes through the network
   (``case_validation``); the loss and the task metric (:attr:`task_metric`) on those predictions are logged
   in nnU-Net's logger (and so in wandb when ``nnUNet_wandb_enabled`` is set), the log file and
@@ -48,9 +55,20 @@ NO_FOREGROUND_OVERSAMPLING = 0.0
 #: Mirroring test-time augmentation of the per-epoch validation. Off: it would multiply the cost of every
 #: epoch's validation by 2 ** (number of axes); ``--val`` (perform_actual_validation) uses it.
 EPOCH_VALIDATION_MIRROR_AXES = None
+#: Array axis of left-right in images stored in RAS as nnU-Net's readers return them (SimpleITKIO and NibabelIO
+#: both give ``[z, y, x]`` arrays), before the plans' ``transpose_forward``.
+RAW_LEFT_RIGHT_AXIS = 2
 #: nnU-Net's end-of-epoch code prints and plots its pseudo-Dice; a case-level task has none, so it is logged
 #: as NaN (matplotlib leaves NaN points out of progress.png, and NaN never beats the base's best checkpoint).
 NO_PSEUDO_DICE = float("nan")
+
+
+def left_right_axis(transpose_forward: Sequence[int]) -> int:
+    """The spatial axis of nnU-Net's preprocessed arrays that runs left-right, for RAS-stored images.
+
+    nnU-Net's preprocessing moves raw axis ``transpose_forward[k]`` to axis ``k``.
+    """
+    return list(transpose_forward).index(RAW_LEFT_RIGHT_AXIS)
 
 
 class CaseValidation(NamedTuple):
@@ -70,10 +88,13 @@ class FomoCaseLevelTrainer(FomoTrainerBase):
     under which the per-epoch value of ``task_metric`` is logged):
         task_metric: the key of :meth:`task_metrics`' result that validates each epoch (``auroc``, ``mae``).
         prediction_name: column of ``predictions.csv`` holding the prediction (e.g. ``probability``).
+        mirror_left_right_only: mirror (training augmentation and test-time augmentation) along the left-right
+            axis only, instead of nnU-Net's every axis (see "Mirroring" in the module docstring).
     """
 
     task_metric: ClassVar[str]
     prediction_name: str
+    mirror_left_right_only: ClassVar[bool] = False
 
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
                  device: torch.device = torch.device("cuda")):
@@ -97,6 +118,19 @@ class FomoCaseLevelTrainer(FomoTrainerBase):
         raise NotImplementedError
 
     # -- training -------------------------------------------------------------------------------------
+
+    def configure_rotation_dummyDA_mirroring_and_inital_patch_size(self):
+        """nnU-Net's augmentation settings, with the mirror axes restricted to left-right unless told otherwise.
+
+        nnU-Net's training pipeline mirrors along the returned axes, and ``inference_allowed_mirroring_axes``
+        (saved in every checkpoint) is what test-time augmentation uses, here and in nnU-Net's predictor.
+        """
+        rotation, dummy_2d, initial_patch_size, mirror_axes = \
+            super().configure_rotation_dummyDA_mirroring_and_inital_patch_size()
+        if self.mirror_left_right_only:
+            mirror_axes = (left_right_axis(self.plans_manager.transpose_forward),)
+            self.inference_allowed_mirroring_axes = mirror_axes
+        return rotation, dummy_2d, initial_patch_size, mirror_axes
 
     def on_train_start(self) -> None:
         super().on_train_start()
@@ -161,3 +195,9 @@ class FomoCaseLevelTrainer(FomoTrainerBase):
         _, val_keys = self.do_split()
         return self.dataset_class(self.preprocessed_dataset_folder, val_keys,
                                   folder_with_segs_from_previous_stage=self.folder_with_segs_from_previous_stage)
+
+
+class MirrorAllAxes:
+    """Mixin: nnU-Net's mirroring along every spatial axis (training and test-time), instead of left-right only."""
+
+    mirror_left_right_only: ClassVar[bool] = False
