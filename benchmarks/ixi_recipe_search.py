@@ -59,6 +59,7 @@ class Recipe:
     head_dropout: float = 0.0
     learning_rate: float = 1e-3
     standardised_head_features: bool = True
+    rotate: bool = False
 
     def trainer_class(self) -> type:
         """An ad-hoc trainer class (trained in this process only, never looked up by name) for this recipe."""
@@ -68,7 +69,8 @@ class Recipe:
         attributes = {"soft_label": self.soft_label, "mirror_left_right_only": self.mirror_left_right_only,
                       "head_pool_levels": self.head_pool_levels, "head_dropout": self.head_dropout,
                       "scratch_learning_rate": self.learning_rate,
-                      "standardised_head_features": self.standardised_head_features, "__module__": __name__}
+                      "standardised_head_features": self.standardised_head_features, "rotate": self.rotate,
+                      "__module__": __name__}
         return type(class_name, (FromScratch, FomoRegressionTrainer), attributes)
 
 
@@ -77,6 +79,7 @@ RECIPES: Tuple[Recipe, ...] = (
     Recipe("raw_head_features", standardised_head_features=False),
     Recipe("l1_standardised", soft_label=False),
     Recipe("mirror_all_axes", mirror_left_right_only=False),
+    Recipe("rotate", rotate=True),
     Recipe("head_multilevel", head_pool_levels=(2, 3, 4), head_dropout=0.2),
     Recipe("head_all_levels", head_pool_levels=(0, 1, 2, 3, 4)),
     Recipe("lr_3e-3", learning_rate=3e-3),

@@ -264,11 +264,9 @@ def train_folds(console: Console, dataset_id: int, trainer_name: str, settings: 
                 trainer.perform_actual_validation()
         finally:
             del os.environ["nnUNet_n_proc_DA"]
+            bar.close()  # before run_step prints the step's line, which the bar would otherwise share
 
-    try:
-        run_step(console, title, log, action)
-    finally:
-        bar.close()
+    run_step(console, title, log, action)
 
 
 def _task_type(dataset_id: int) -> str:

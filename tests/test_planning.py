@@ -7,6 +7,7 @@ have a real brain's size in millimetres, i.e. about 150^3 voxels at 1 mm, too sl
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import pydoc
@@ -29,11 +30,12 @@ from conftest import FomoTree
 from nnunet_ext.dataset_conversion.convert import convert_fomo_dataset
 from nnunet_ext.errors import EXIT_BAD_INPUT, FomoInputError
 from nnunet_ext.networks import FomoUNet
-from nnunet_ext.preprocessing.fomo_plans import FomoPlansBlock
+from nnunet_ext.preprocessing.fomo_plans import FOMO_PLANS_KEY, LEGACY_CHANNEL_ADAPTATION, FomoPlansBlock
 from nnunet_ext.preprocessing.normalization import FomoPretrainingNormalization, fomo_normalize
 from nnunet_ext.preprocessing.plan_and_preprocess import main
 from nnunet_ext.preprocessing.planner import (FULLRES, NETWORK_CLASS_NAME, FomoPlanner, FomoPlanSettings,
                                               default_patch_size, pretrained_spec, task_from_dataset_json)
+from nnunet_ext.pretrained.key_mapping import DEFAULT_CHANNEL_ADAPTATION
 from nnunet_ext.pretrained.testing import make_fomo_checkpoint
 
 DATASET_ID = 2
@@ -118,6 +120,13 @@ def test_plans_store_what_trainers_need(planned: Planned) -> None:
     assert block.pretrained.sha256 == hashlib.sha256(planned.checkpoint.read_bytes()).hexdigest()
     assert (block.pretrained.model, block.pretrained.decoder_layout, block.pretrained.starting_filters) == \
         ("unet_b", "unet_b_lw_dec", FILTERS)
+    assert block.channel_adaptation == DEFAULT_CHANNEL_ADAPTATION == "first"
+
+
+def test_plans_from_before_the_channel_adaptation_option_keep_averaging(planned: Planned) -> None:
+    configuration = copy.deepcopy(planned.plans["configurations"][FULLRES])
+    del configuration[FOMO_PLANS_KEY]["channel_adaptation"]
+    assert FomoPlansBlock.from_configuration(configuration).channel_adaptation == LEGACY_CHANNEL_ADAPTATION == "average"
 
 
 def normalise_then_resample_by_hand(files: List[str], plans_manager: PlansManager,
@@ -231,6 +240,7 @@ def test_cli_refuses_a_bad_spacing(spacing: List[str], capsys: pytest.CaptureFix
     (["--patch-size", "30", "32", "32"], "multiples of 16"),
     (["--patch-size", "16", "16", "16"], "at least 32"),
     (["--head-dropout", "1.5"], "head dropout"),
+    (["--channel-adaptation", "mean"], "invalid choice"),
     (["--pretrained", "/nonexistent/epoch=12.ckpt"], "not found"),
 ])
 def test_cli_refuses_bad_options(argv: List[str], message: str, capsys: pytest.CaptureFixture) -> None:

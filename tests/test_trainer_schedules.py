@@ -81,3 +81,25 @@ def test_patience_counts_epochs_after_the_best():
     assert patience_exhausted(history, True, 2)
     assert not patience_exhausted(history, True, None)
     assert not patience_exhausted([], True, 1)
+
+
+class _RecordingLogger:
+    def __init__(self):
+        self.plotted: list[str] = []
+
+    def plot_progress_png(self, output_folder: str) -> None:
+        self.plotted.append(output_folder)
+
+
+def test_progress_plot_is_suppressed_only_inside_the_block():
+    from nnunet_ext.trainers.base import progress_plot_suppressed
+
+    logger = _RecordingLogger()
+    with progress_plot_suppressed(logger):
+        logger.plot_progress_png("inside")
+    logger.plot_progress_png("after")
+    assert logger.plotted == ["after"]
+    with pytest.raises(RuntimeError), progress_plot_suppressed(logger):
+        raise RuntimeError("an epoch that fails still restores the logger")
+    logger.plot_progress_png("after failure")
+    assert logger.plotted == ["after", "after failure"]

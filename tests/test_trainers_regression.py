@@ -22,8 +22,8 @@ from case_level_datasets import (
     shortened,
     train_in_process,
 )
-from nnunet_ext.trainers import FomoRegressionTrainer, FomoRegressionTrainer_L1
-from nnunet_ext.trainers.regression import STANDARDISER_ATTRIBUTE, standardiser_of
+from nnunet_ext.trainers import FomoRegressionTrainer, FomoRegressionTrainer_L1, FomoRegressionTrainer_Rotate
+from nnunet_ext.trainers.regression import NO_ROTATION, STANDARDISER_ATTRIBUTE, standardiser_of
 
 DEBUG_TRAINER = "FomoRegressionTrainer_debug"
 N_CASES = 10
@@ -60,6 +60,8 @@ def test_fold_folder_holds_checkpoints_report_and_validation(trained: Path, data
     for name in ("checkpoint_final.pth", "checkpoint_best.pth", "pretrained_transfer_report.json",
                  "progress.png", "progress_val_mae.png"):
         assert (trained / name).is_file(), name
+    # T1 and T2 are two channels: the plans' default stem adaptation puts the pretrained kernel on the first
+    assert json.loads((trained / "pretrained_transfer_report.json").read_text())["channel_adaptation"] == "first"
     rows = _read_csv(trained / "validation" / "predictions.csv")
     assert [r["case"] for r in rows] == sorted(dataset.splits[0]["val"])
     assert all(float(r["target"]) == dataset.targets[r["case"]] for r in rows)
@@ -110,16 +112,26 @@ def test_the_loss_receives_the_standardised_targets_of_the_batch_keys(dataset: C
     np.testing.assert_allclose(received[0].numpy(), expected, rtol=1e-5, atol=1e-5)
 
 
-def test_training_augmentation_never_rescales(dataset: CaseLevelDataset):
-    trainer = _trainer(dataset)
+def test_training_augmentation_never_rescales_and_rotates_only_in_the_rotate_variant(dataset: CaseLevelDataset):
     args = ((PATCH,) * 3, (-0.5, 0.5), None, (0, 1, 2), False)
 
     def spatial(transforms):
         return [t for t in transforms.transforms if isinstance(t, SpatialTransform)]
 
-    assert all(t.p_scaling > 0 for t in spatial(nnUNetTrainer.get_training_transforms(*args)))
-    ours = spatial(trainer.get_training_transforms(*args))
-    assert ours and all(t.p_scaling == 0 and t.p_rotation > 0 for t in ours)
+    assert all(t.p_scaling > 0 and t.p_rotation > 0 for t in spatial(nnUNetTrainer.get_training_transforms(*args)))
+    default = spatial(_trainer(dataset).get_training_transforms(*args))
+    assert default and all(t.p_scaling == 0 and t.p_rotation == 0 for t in default)
+    rotating = spatial(_trainer(dataset, FomoRegressionTrainer_Rotate).get_training_transforms(*args))
+    assert rotating and all(t.p_scaling == 0 and t.p_rotation > 0 for t in rotating)
+
+
+def test_without_rotation_the_loader_crops_the_patch_itself(dataset: CaseLevelDataset):
+    rotation, _, initial_patch_size, _ = \
+        _trainer(dataset).configure_rotation_dummyDA_mirroring_and_inital_patch_size()
+    assert rotation == NO_ROTATION and tuple(initial_patch_size) == (PATCH,) * 3
+    rotation, _, initial_patch_size, _ = \
+        _trainer(dataset, FomoRegressionTrainer_Rotate).configure_rotation_dummyDA_mirroring_and_inital_patch_size()
+    assert rotation != NO_ROTATION and min(initial_patch_size) > PATCH
 
 
 #: Opt-in learning test: 24 cases in 2 folds (12 validation cases), a few CPU minutes.

@@ -244,9 +244,9 @@ def test_checkpoint_changed_since_planning_is_refused(dataset: PlannedDataset, t
     before = {k: v.clone() for k, v in network.state_dict().items()}
     changed = make_fomo_checkpoint(tmp_path / "epoch=12.ckpt", starting_filters=STARTING_FILTERS, seed=1)
     with pytest.raises(FomoInputError, match="changed since planning"):
-        load_pretrained(network, PretrainedSource(changed, "plans", sha256_of_file(dataset.checkpoint)))
+        load_pretrained(network, PretrainedSource(changed, "plans", sha256_of_file(dataset.checkpoint)), "first")
     assert all(torch.equal(before[k], v) for k, v in network.state_dict().items())
-    report = load_pretrained(network, PretrainedSource(changed, f"${PRETRAINED_ENV_VAR}"))
+    report = load_pretrained(network, PretrainedSource(changed, f"${PRETRAINED_ENV_VAR}"), "first")
     assert report.sha256 == sha256_of_file(changed) and report.complete
 
 

@@ -11,7 +11,8 @@ nnU-Net's predictor rebuilds a network from the plans and the trainer class only
       "head": {"dropout": 0.0, "pool_levels": [4], "pooling": "avg"},   // pooling: avg | max | avgmax
       "pretrained": {"path": "/abs/epoch=12.ckpt", "sha256": "...", "model": "unet_b",
                      "decoder_layout": "unet_b_lw_dec", "starting_filters": 32},   // or null
-      "normalization": "FomoPretrainingNormalization"
+      "normalization": "FomoPretrainingNormalization",
+      "channel_adaptation": "first"               // how the 1-channel pretrained stem takes C channels
     }
 """
 
@@ -25,6 +26,8 @@ from nnunet_ext.networks.unet import DEFAULT_HEAD_POOLING
 
 #: Key of the block inside a plans configuration.
 FOMO_PLANS_KEY = "fomo"
+#: Stem adaptation of plans written before the choice existed: what their trainers used.
+LEGACY_CHANNEL_ADAPTATION = "average"
 
 
 @dataclass(frozen=True)
@@ -54,6 +57,9 @@ class FomoPlansBlock:
     head: HeadSpec
     pretrained: Optional[PretrainedSpec]
     normalization: str
+    #: How the pretrained 1-channel stem is adapted to the task's channels
+    #: (``nnunet_ext.pretrained.key_mapping.CHANNEL_ADAPTATIONS``).
+    channel_adaptation: str = LEGACY_CHANNEL_ADAPTATION
 
     def to_json(self) -> Dict[str, Any]:
         """The block as plain JSON types (tuples become lists)."""
@@ -73,7 +79,8 @@ class FomoPlansBlock:
             head = HeadSpec(float(block["head"]["dropout"]), tuple(int(i) for i in block["head"]["pool_levels"]),
                             str(block["head"].get("pooling", DEFAULT_HEAD_POOLING)))
             pretrained = None if block["pretrained"] is None else PretrainedSpec(**block["pretrained"])
-            return cls(block["task_type"], int(block["num_outputs"]), head, pretrained, block["normalization"])
+            return cls(block["task_type"], int(block["num_outputs"]), head, pretrained, block["normalization"],
+                       str(block.get("channel_adaptation", LEGACY_CHANNEL_ADAPTATION)))
         except (KeyError, TypeError) as e:
             raise FomoInputError(f"malformed {FOMO_PLANS_KEY!r} block in the plans ({e!r}): re-run "
                                  "fomo_plan_and_preprocess") from None

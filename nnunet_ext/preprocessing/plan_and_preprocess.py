@@ -38,6 +38,7 @@ from nnunet_ext.preprocessing.planner import (
     validate_spacing,
 )
 from nnunet_ext.preprocessing.registration import register_with_nnunet
+from nnunet_ext.pretrained.key_mapping import CHANNEL_ADAPTATIONS, DEFAULT_CHANNEL_ADAPTATION
 
 log = logging.getLogger(__name__)
 
@@ -98,6 +99,11 @@ def build_parser() -> argparse.ArgumentParser:
                         help="global pooling of each pooled level: avg (the FOMO baseline's), max (keeps whether a "
                              "pattern occurs anywhere, which instance norm leaves the average blind to) or avgmax "
                              "(both)")
+    parser.add_argument("--channel-adaptation", choices=CHANNEL_ADAPTATIONS, default=DEFAULT_CHANNEL_ADAPTATION,
+                        help="how the pretrained 1-channel stem takes the task's C channels: first (its kernel on "
+                             "channel 0, the others start at zero and learn: channel 0 is an image the encoder has "
+                             "seen), average (the kernel / C on every channel: the encoder sees the mean of the "
+                             "contrasts, in which e.g. T1 and T2 cancel) or copy (the kernel on every channel)")
     parser.add_argument("--plans-name", default=DEFAULT_PLANS_NAME,
                         help=f"plans identifier (default {DEFAULT_PLANS_NAME!r}, what nnUNetv2_train uses without -p)")
     parser.add_argument("-np", "--num-processes", type=int, default=default_num_processes,
@@ -129,6 +135,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         head_dropout=args.head_dropout,
         head_pool_levels=tuple(args.head_pool_levels),
         head_pooling=args.head_pooling,
+        channel_adaptation=args.channel_adaptation,
     )
     plans_file = fomo_plan_and_preprocess(args.dataset, settings, args.plans_name, args.num_processes,
                                           args.verify_dataset_integrity)

@@ -35,6 +35,7 @@ from nnunet_ext.preprocessing.fomo_plans import FOMO_PLANS_KEY, FomoPlansBlock, 
 from nnunet_ext.preprocessing.normalization import FomoPretrainingNormalization
 from nnunet_ext.pretrained import load_fomo_state_dict, sha256_of_file
 from nnunet_ext.pretrained.fomo_layout import detect_layout
+from nnunet_ext.pretrained.key_mapping import CHANNEL_ADAPTATIONS, DEFAULT_CHANNEL_ADAPTATION
 
 log = logging.getLogger(__name__)
 
@@ -106,6 +107,7 @@ class FomoPlanSettings:
     head_dropout: float = 0.0
     head_pool_levels: Tuple[int, ...] = DEFAULT_HEAD_POOL_LEVELS
     head_pooling: str = DEFAULT_HEAD_POOLING
+    channel_adaptation: str = DEFAULT_CHANNEL_ADAPTATION
 
     def __post_init__(self) -> None:
         if self.model not in MODEL_PRESETS:
@@ -125,6 +127,9 @@ class FomoPlanSettings:
                                  f"got {list(self.head_pool_levels)}")
         if self.head_pooling not in POOLINGS:
             raise FomoInputError(f"head pooling must be one of {POOLINGS}, got {self.head_pooling!r}")
+        if self.channel_adaptation not in CHANNEL_ADAPTATIONS:
+            raise FomoInputError(f"channel adaptation must be one of {CHANNEL_ADAPTATIONS}, "
+                                 f"got {self.channel_adaptation!r}")
         if self.pretrained is not None and not Path(self.pretrained).is_file():
             raise FomoInputError("pretrained checkpoint not found", self.pretrained)
 
@@ -196,7 +201,7 @@ class FomoPlanner(ExperimentPlanner):
             raise FomoInputError("head dropout, pool levels and pooling apply to classification and regression only")
         head = HeadSpec(self.settings.head_dropout, tuple(self.settings.head_pool_levels), self.settings.head_pooling)
         return FomoPlansBlock(task_type, num_outputs, head, pretrained_spec(self.settings),
-                              FomoPretrainingNormalization.__name__)
+                              FomoPretrainingNormalization.__name__, self.settings.channel_adaptation)
 
     def determine_fullres_target_spacing(self) -> np.ndarray:
         return np.array(self.settings.spacing, dtype=float)

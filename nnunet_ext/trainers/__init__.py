@@ -22,6 +22,7 @@ from nnunet_ext.trainers.regression import (  # noqa: E402
     FomoRegressionTrainer_L1,
     FomoRegressionTrainer_MirrorAll,
     FomoRegressionTrainer_MSE,
+    FomoRegressionTrainer_Rotate,
     FomoRegressionTrainer_SoftLabel,
 )
 from nnunet_ext.trainers.segmentation import (  # noqa: E402
@@ -42,6 +43,7 @@ TRAINER_FAMILIES: tuple[type[FomoTrainerBase], ...] = (
     FomoRegressionTrainer_SoftLabel,
     FomoRegressionTrainer_L1,
     FomoRegressionTrainer_MirrorAll,
+    FomoRegressionTrainer_Rotate,
 )
 #: Every trainer nnU-Net can be asked for, by class name.
 TRAINERS: dict[str, type[FomoTrainerBase]] = {}

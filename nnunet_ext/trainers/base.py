@@ -6,7 +6,9 @@
   training, never when ``--c`` resumes one, and its transfer report is saved in the fold folder;
 - AdamW with linear warm-up and cosine annealing, stepped per epoch as nnU-Net steps its scheduler;
 - ``checkpoint_best.pth`` follows one logged validation metric (:attr:`FomoTrainerBase.selection_metric`), and
-  training stops early once it has not improved for ``early_stopping_patience`` epochs.
+  training stops early once it has not improved for ``early_stopping_patience`` epochs;
+- the progress figures are redrawn at most every :data:`PROGRESS_PLOT_INTERVAL_S` seconds and at the end of
+  training, not after every epoch as nnU-Net does.
 
 Task trainers (segmentation, classification, regression) subclass it and set the class attributes documented
 below; strategy and length variants (``nnunet_ext.trainers.variants``) override one method each.
@@ -16,8 +18,10 @@ from __future__ import annotations
 
 import math
 import sys
+import time
+from contextlib import contextmanager
 from os.path import join
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Iterator
 
 import torch
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
@@ -50,6 +54,19 @@ NNUNET_EMA_DICE = "ema_fg_dice"
 CHECKPOINT_BEST = "checkpoint_best.pth"
 #: nnU-Net's command-line flag for its own (strict, nnU-Net-checkpoint-only) weight loading.
 NNUNET_PRETRAINED_FLAG = "-pretrained_weights"
+#: Least time between two redraws of the progress figures. nnU-Net redraws progress.png after every epoch: about
+#: a second of matplotlib, negligible next to a GPU epoch of minutes, but 40% of a 2-second CPU demo epoch.
+PROGRESS_PLOT_INTERVAL_S = 60.0
+
+
+@contextmanager
+def progress_plot_suppressed(logger: Any) -> Iterator[None]:
+    """Within the block, ``logger.plot_progress_png`` does nothing (nnU-Net's ``on_epoch_end`` calls it)."""
+    logger.plot_progress_png = lambda *args, **kwargs: None
+    try:
+        yield
+    finally:
+        del logger.plot_progress_png  # the instance attribute hid the class's method
 
 
 class EarlyStopping(Exception):
@@ -106,6 +123,7 @@ class FomoTrainerBase(nnUNetTrainer):
         self.early_stopping_patience: int | None = EARLY_STOPPING_PATIENCE
         # nnU-Net's logger accepts only keys present in its dict (see nnunet_logger.LocalLogger.log).
         self.logger.local_logger.my_fantastic_logging.setdefault(self.selection_metric, [])
+        self._last_progress_plot = -math.inf
 
     @staticmethod
     def build_network_architecture(plans_manager: PlansManager, configuration_manager: ConfigurationManager,
@@ -173,7 +191,7 @@ class FomoTrainerBase(nnUNetTrainer):
             self.print_to_log_file("Training from scratch: no pretrained weights are loaded.")
             return
         source = resolve_pretrained_source(self.fomo_plans.pretrained)
-        report = load_pretrained(unwrap_network(self.network), source)
+        report = load_pretrained(unwrap_network(self.network), source, self.fomo_plans.channel_adaptation)
         self.print_to_log_file(f"Pretrained checkpoint named by the {source.origin}:\n{report.summary()}")
         if self.local_rank == 0:
             report.save(join(self.output_folder, TRANSFER_REPORT_FILENAME))
@@ -194,7 +212,10 @@ class FomoTrainerBase(nnUNetTrainer):
         # nnU-Net's on_epoch_end saves checkpoint_best.pth whenever its EMA pseudo-Dice beats self._best_ema;
         # the metric-agnostic rule below replaces it for every task, so nnU-Net's comparison must never succeed.
         self._best_ema = math.inf
-        super().on_epoch_end()
+        with progress_plot_suppressed(self.logger):
+            super().on_epoch_end()
+        if time.monotonic() - self._last_progress_plot >= PROGRESS_PLOT_INTERVAL_S:
+            self.plot_progress()
         history = self._selection_history()
         if epochs_since_best(history, self.selection_higher_is_better) == 0:
             self.print_to_log_file(f"New best {self.selection_metric}: {history[-1]:.4f}")
@@ -203,6 +224,17 @@ class FomoTrainerBase(nnUNetTrainer):
             self.current_epoch -= 1
             self.save_checkpoint(join(self.output_folder, CHECKPOINT_BEST))
             self.current_epoch += 1
+
+    def plot_progress(self) -> None:
+        """Redraw the progress figures: nnU-Net's ``progress.png`` (task trainers add their own)."""
+        if self.local_rank == 0:
+            self.logger.plot_progress_png(self.output_folder)
+        self._last_progress_plot = time.monotonic()
+
+    def on_train_end(self) -> None:
+        """Draw the final progress figures, then nnU-Net's end of training (``checkpoint_final.pth``)."""
+        self.plot_progress()
+        super().on_train_end()
 
     def run_training(self) -> None:
         """nnU-Net's training loop; an early stop still ends with ``on_train_end`` (``checkpoint_final.pth``)."""

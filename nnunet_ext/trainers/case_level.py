@@ -153,8 +153,9 @@ class FomoCaseLevelTrainer(FomoTrainerBase):
         self.logger.log("dice_per_class_or_region", [], self.current_epoch)
         self.print_to_log_file(f"{self.selection_metric} ({len(result.case_ids)} whole cases): {metric:.4f}")
 
-    def on_epoch_end(self) -> None:
-        super().on_epoch_end()
+    def plot_progress(self) -> None:
+        """nnU-Net's ``progress.png`` and ``progress_<selection metric>.png`` (the task metric per epoch)."""
+        super().plot_progress()
         if self.local_rank == 0:
             plot_metric_history(self.logger.get_value(self.selection_metric, step=None), self.selection_metric,
                                 join(self.output_folder, f"progress_{self.selection_metric}.png"))

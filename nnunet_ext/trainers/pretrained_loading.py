@@ -50,8 +50,9 @@ def resolve_pretrained_source(planned: PretrainedSpec | None) -> PretrainedSourc
     return PretrainedSource(Path(planned.path), origin=_PLANS_ORIGIN, expected_sha256=planned.sha256)
 
 
-def load_pretrained(network: nn.Module, source: PretrainedSource) -> TransferReport:
-    """Transfer the checkpoint's weights into ``network``; the report records the file and its sha256.
+def load_pretrained(network: nn.Module, source: PretrainedSource, channel_adaptation: str) -> TransferReport:
+    """Transfer the checkpoint's weights into ``network``, adapting the stem by ``channel_adaptation`` (the
+    plans'); the report records the file and its sha256.
 
     A checkpoint whose sha256 differs from the one recorded at planning is refused before anything is copied:
     the plans (patch size, normalisation, architecture) were made for that exact file.
@@ -65,6 +66,6 @@ def load_pretrained(network: nn.Module, source: PretrainedSource) -> TransferRep
             f"{source.expected_sha256}); re-plan, or point {PRETRAINED_ENV_VAR} at it to use it deliberately",
             source.path)
     state_dict, _ = load_fomo_state_dict(source.path)
-    report = transfer_fomo_weights(network, state_dict)
+    report = transfer_fomo_weights(network, state_dict, channel_adaptation)
     # The file was hashed above; recording it here spares transfer_fomo_weights a second pass over it.
     return replace(report, checkpoint=str(source.path.resolve()), sha256=sha256)

@@ -21,6 +21,10 @@ the synthetic demo's whole-volume test cases (fold MAEs of 175-224 years: runnin
 transfer to whole volumes). ``benchmarks/ixi_recipe_search.py`` re-measures them. MAE in years on whole validation cases
 picks ``checkpoint_best.pth``. Augmentation never rescales: apparent brain size (atrophy) is part of what predicts
 age; mirroring is left-right only (see ``case_level``), ``FomoRegressionTrainer_MirrorAll`` mirrors every axis.
+Nor does it rotate (``FomoRegressionTrainer_Rotate`` keeps nnU-Net's +-30 degrees): on the synthetic demo's fold 0
+(30 training cases, 2 mm, 400 steps from scratch) the network fitted its rotated training cases (MAE 8.9 years on
+them) and predicted the training mean on the validation cases (12.5 against the mean's 12.7); without rotation
+it reached 8.9 there.
 """
 
 from __future__ import annotations
@@ -59,6 +63,9 @@ SOFT_LABEL_SIGMA_YEARS = 2.0
 DEFAULT_SOFT_LABEL = False
 DEFAULT_MIRROR_LEFT_RIGHT_ONLY = True
 DEFAULT_STANDARDISED_HEAD_FEATURES = False
+DEFAULT_ROTATE = False
+#: The rotation range (radians) of a trainer that does not rotate.
+NO_ROTATION = (0.0, 0.0)
 #: Momentum of the running statistics of the pooled features (about the last 20 training batches) and the
 #: variance floor of their standardisation.
 FEATURE_STATS_MOMENTUM = 0.05
@@ -194,13 +201,16 @@ def predicted_values(network: nn.Module, outputs: torch.Tensor) -> np.ndarray:
     return standardiser.destandardise(outputs.float().to(standardiser.mean.device))[:, 0].cpu().numpy()
 
 
-def without_scaling(transforms: ComposeTransforms) -> ComposeTransforms:
-    """Turn off the random scaling of every spatial transform in nnU-Net's training pipeline (in place)."""
+def restrict_spatial_augmentation(transforms: ComposeTransforms, rotate: bool) -> ComposeTransforms:
+    """Turn off the random scaling, and unless ``rotate`` the rotation, of every spatial transform in nnU-Net's
+    training pipeline (in place)."""
     spatial = [t for t in transforms.transforms if isinstance(t, SpatialTransform)]
     if not spatial:
-        raise ValueError("nnU-Net's training transforms hold no SpatialTransform to turn scaling off in")
+        raise ValueError("nnU-Net's training transforms hold no SpatialTransform to restrict")
     for transform in spatial:
         transform.p_scaling = 0
+        if not rotate:
+            transform.p_rotation = 0
     return transforms
 
 
@@ -213,6 +223,7 @@ class FomoRegressionTrainer(FomoCaseLevelTrainer):
         head_pool_levels, head_dropout: the pooling head, overriding the plans' ``arch_kwargs`` (None: the plans').
         standardised_head_features: z-score the pooled features with running statistics before the head's linear
             layer (:class:`RunningFeatureStandardiser`).
+        rotate: nnU-Net's random rotation in the training augmentation (scaling is always off).
         scratch_learning_rate: peak learning rate of ``_Scratch`` runs (fine-tuning keeps the base's).
     """
 
@@ -225,6 +236,7 @@ class FomoRegressionTrainer(FomoCaseLevelTrainer):
     head_pool_levels: ClassVar[Optional[tuple[int, ...]]] = None
     head_dropout: ClassVar[Optional[float]] = None
     standardised_head_features: ClassVar[bool] = DEFAULT_STANDARDISED_HEAD_FEATURES
+    rotate: ClassVar[bool] = DEFAULT_ROTATE
     scratch_learning_rate: ClassVar[float] = SCRATCH_LR
 
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
@@ -267,10 +279,21 @@ class FomoRegressionTrainer(FomoCaseLevelTrainer):
         network.add_module(STANDARDISER_ATTRIBUTE, coding)
         return network
 
-    @staticmethod
-    def get_training_transforms(*args, **kwargs) -> ComposeTransforms:
-        """nnU-Net's training augmentation without scaling (rotation, intensity and mirroring stay)."""
-        return without_scaling(FomoCaseLevelTrainer.get_training_transforms(*args, **kwargs))
+    def configure_rotation_dummyDA_mirroring_and_inital_patch_size(self):
+        """The case-level settings; without rotation (and never scaling) the loader crops the patch itself, not
+        the larger field nnU-Net reserves for rotating and zooming out."""
+        rotation, dummy_2d, initial_patch_size, mirror_axes = \
+            super().configure_rotation_dummyDA_mirroring_and_inital_patch_size()
+        if not self.rotate:
+            rotation, initial_patch_size = NO_ROTATION, tuple(self.configuration_manager.patch_size)
+        return rotation, dummy_2d, initial_patch_size, mirror_axes
+
+    @classmethod
+    def get_training_transforms(cls, *args, **kwargs) -> ComposeTransforms:
+        """nnU-Net's training augmentation without scaling, and without rotation unless :attr:`rotate`
+        (intensity augmentation and mirroring stay)."""
+        return restrict_spatial_augmentation(FomoCaseLevelTrainer.get_training_transforms(*args, **kwargs),
+                                             cls.rotate)
 
     def _build_loss(self) -> nn.Module:
         return SoftLabelKLLoss() if self.soft_label else nn.L1Loss()
@@ -327,6 +350,12 @@ class FomoRegressionTrainer_MSE(FomoRegressionTrainer_L1):
 
     def _build_loss(self) -> nn.Module:
         return nn.MSELoss()
+
+
+class FomoRegressionTrainer_Rotate(FomoRegressionTrainer):
+    """nnU-Net's random rotation (+-30 degrees) in the training augmentation, whatever the default is."""
+
+    rotate: ClassVar[bool] = True
 
 
 class FomoRegressionTrainer_MirrorAll(FomoRegressionTrainer):
