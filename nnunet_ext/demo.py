@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Callable, Dict, Iterator, List, Optional, Sequence, TextIO, Tuple
 
 from nnunet_ext.errors import FomoInputError, cli_entry
+from nnunet_ext.utils.files import require_output_folder
 
 #: nnU-Net dataset ids of the demo datasets, one per FOMO task (9xx: out of the way of real datasets).
 DEMO_DATASET_IDS = {1: 901, 2: 902, 3: 903}
@@ -45,6 +46,8 @@ DEMO_BOOTSTRAP = 500
 #: A file marking a folder as the demo's own, so that a re-run may replace it and nothing else.
 MARKER = ".fomo_demo"
 NNUNET_FOLDERS = ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results")
+#: Processes for fingerprinting and preprocessing: the two cores of the machines the demo is made for.
+DEMO_PROCESSES = 2
 #: Lines of a failed step's log shown on the console.
 FAILED_LOG_TAIL = 30
 
@@ -75,11 +78,12 @@ class TaskRecipe:
 
 
 #: 40 subjects hold out 8 for the test set (at least 8 test cases: second sessions add some), and leave 32 for
-#: the 5 folds.
+#: the 5 folds. Brain age, a subtle whole-brain signal, gets 80 (training steps, not subjects, set the cost); its
+#: head pools the average as well as the maximum, since its signal is an amount (of CSF), not a presence.
 DEMO_RECIPES: Dict[int, TaskRecipe] = {
-    1: TaskRecipe(cases=40, test_fraction=0.2, spacing_mm=1.5, head_pool_levels=(1, 2, 3, 4), head_pooling="max"),
+    1: TaskRecipe(cases=40, test_fraction=0.2, spacing_mm=2.0, head_pool_levels=(1, 2, 3, 4), head_pooling="max"),
     2: TaskRecipe(cases=40, test_fraction=0.2, spacing_mm=1.0),
-    3: TaskRecipe(cases=40, test_fraction=0.2, spacing_mm=2.0, head_pool_levels=(1, 2, 3, 4), head_pooling="max"),
+    3: TaskRecipe(cases=80, test_fraction=0.2, spacing_mm=2.0, head_pool_levels=(1, 2, 3, 4), head_pooling="avgmax"),
 }
 
 
@@ -189,6 +193,8 @@ def command_step(console: Console, title: str, log: Path, command: Sequence[str]
 
 def prepare_output(out: Path) -> None:
     """Start from an empty ``out``: a previous demo's output is replaced, any other non-empty folder refused."""
+    if out.exists():
+        require_output_folder(out)
     if out.exists() and any(out.iterdir()):
         if not (out / MARKER).exists():
             raise FomoInputError("the folder is not empty and is no fomo_demo output; choose another --out", out)
@@ -242,8 +248,7 @@ def train_folds(console: Console, dataset_id: int, trainer_name: str, settings: 
 
     def action() -> None:
         # Data augmentation in the main process: worker processes gain nothing on a couple of cores (and it
-        # keeps the seeded run reproducible). Set for training only: during planning nnU-Net would derive
-        # torch.set_num_threads(0) from it.
+        # keeps the seeded run reproducible). Set for training only, so that the user's environment is as it was.
         os.environ["nnUNet_n_proc_DA"] = "0"
         try:
             for fold, command in zip(settings.folds, commands):
@@ -305,7 +310,7 @@ def run_task(console: Console, task: int, settings: DemoSettings) -> Path:
                  ["fomo_plan_and_preprocess", "-d", dataset, "--pretrained", str(settings.checkpoint),
                   "--starting-filters", str(DEMO_STARTING_FILTERS), "--spacing", f"{recipe.spacing_mm:g}",
                   *recipe.head_arguments(),
-                  "-np", "1"], plan_and_preprocess.main)
+                  "-np", str(DEMO_PROCESSES)], plan_and_preprocess.main)
     train_folds(console, int(dataset), trainer, settings, f"task {task}: training", settings.log(f"{name}_4_training"))
     command_step(console, f"task {task}: model selection", settings.log(f"{name}_5_model_selection"),
                  ["fomo_find_best_configuration", "-d", dataset, "-tr", trainer, "-f", *folds], model_selection.main)

@@ -2,16 +2,21 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
+import signal
 import sys
+import threading
 from pathlib import Path
-from typing import Callable, Optional, Union
+from typing import Callable, Iterator, Optional, Union
 
 log = logging.getLogger("nnunet_ext")
 
 #: Exit status of a command that refused its input (argparse uses 2 for bad arguments as well).
 EXIT_BAD_INPUT = 2
+#: A process ended by a signal exits with 128 + the signal's number (the shell's convention).
+EXIT_SIGNAL_BASE = 128
 
 
 class FomoInputError(ValueError):
@@ -22,8 +27,31 @@ class FomoInputError(ValueError):
         super().__init__(f"{self.path}: {message}" if self.path is not None else message)
 
 
+class Terminated(SystemExit):
+    """SIGTERM, raised as an exception so that ``finally`` blocks and ``except BaseException`` clean-ups run
+    (half-built folders are removed) before the process exits, as they do on Ctrl-C."""
+
+
+def _raise_terminated(signum: int, frame: object) -> None:
+    raise Terminated(EXIT_SIGNAL_BASE + signum)
+
+
+@contextlib.contextmanager
+def terminate_gracefully() -> Iterator[None]:
+    """Turn SIGTERM into :class:`Terminated` while the block runs (in the main thread; elsewhere a no-op)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, _raise_terminated)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def cli_entry(main: Callable[..., int]) -> Callable[..., int]:
-    """Wrap a console-script ``main`` so that refused input ends with one clear line and a non-zero exit.
+    """Wrap a console-script ``main``: refused input ends with one ``error: <file>: <what>`` line and exit status
+    :data:`EXIT_BAD_INPUT`; Ctrl-C and SIGTERM clean up and exit with 128 + the signal's number.
 
     Anything else (a bug) keeps its traceback: hiding it would make it impossible to report.
     """
@@ -31,9 +59,16 @@ def cli_entry(main: Callable[..., int]) -> Callable[..., int]:
     @functools.wraps(main)
     def wrapper(*args, **kwargs) -> int:
         try:
-            return main(*args, **kwargs)
+            with terminate_gracefully():
+                return main(*args, **kwargs)
         except FomoInputError as e:
             print(f"error: {e}", file=sys.stderr)
             raise SystemExit(EXIT_BAD_INPUT) from None
+        except KeyboardInterrupt:
+            print("interrupted", file=sys.stderr)
+            raise SystemExit(EXIT_SIGNAL_BASE + signal.SIGINT) from None
+        except Terminated as e:
+            print("terminated", file=sys.stderr)
+            raise SystemExit(e.code) from None
 
     return wrapper

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import gzip
+import struct
 from pathlib import Path
 from typing import Dict, Optional, Sequence, Tuple
 
+import nibabel as nib
 import numpy as np
 import SimpleITK as sitk
 
@@ -12,6 +15,8 @@ from nnunet_ext.dataset_conversion.fomo_reader import RAS_DIRECTION
 from nnunet_ext.dataset_conversion.tasks import SEGMENTATION, get_task
 
 TINY_SHAPE = (12, 10, 8)
+#: nibabel's affine of a 1 mm RAS image at the origin.
+NIFTI_RAS_AFFINE = np.eye(4)
 #: label.txt content written when a test gives none: infarct present (Task 1), age 50 (Task 3).
 DEFAULT_TARGETS = {1: 1, 3: 50.0}
 
@@ -26,6 +31,28 @@ def write_nifti(path: Path, array: np.ndarray, spacing: Sequence[float] = (1.0, 
     path.parent.mkdir(parents=True, exist_ok=True)
     sitk.WriteImage(image, str(path), useCompression=True)
     return path
+
+
+def write_broken_header(path: Path, zooms=(1.0, 1.0, 1.0), sform=None) -> Path:
+    """A 1 mm RAS NIfTI whose header bytes are then overwritten: voxel sizes (pixdim) and, if given, the sform rows.
+
+    Writers (nibabel, SimpleITK) refuse or repair such headers, so they are patched as bytes, as a broken
+    converter would leave them.
+    """
+    volume = brain_volume(TINY_SHAPE, seed=0)
+    header = nib.Nifti1Image(volume, NIFTI_RAS_AFFINE).header
+    header.set_sform(NIFTI_RAS_AFFINE if sform is None else None, code="scanner" if sform is None else 0)
+    raw = bytearray(nib.Nifti1Image(volume, None, header).to_bytes())
+    struct.pack_into("<3f", raw, PIXDIM_OFFSET + 4, *zooms)
+    if sform is not None:
+        struct.pack_into("<h", raw, SFORM_CODE_OFFSET, 1)
+        struct.pack_into("<12f", raw, SROW_OFFSET, *np.asarray(sform, dtype=float)[:3].ravel())
+    path.write_bytes(gzip.compress(bytes(raw)))
+    return path
+
+
+#: Byte offsets in a NIfTI-1 header (nifti1.h).
+PIXDIM_OFFSET, SFORM_CODE_OFFSET, SROW_OFFSET = 76, 254, 280
 
 
 def brain_volume(shape: Tuple[int, ...], seed: int) -> np.ndarray:

@@ -15,6 +15,7 @@ from trained_models import NNUNET_DIRS, TrainedModel, use_model
 from nnunet_ext.dataset_conversion.fomo_reader import to_ras
 from nnunet_ext.errors import EXIT_BAD_INPUT
 from nnunet_ext.inference.container import MODEL_DIR_ENV, detect_task, main
+from nnunet_ext.inference.predict import FoldEnsemble
 from nnunet_ext.inference.predict import main as fomo_predict
 
 #: The flags that hold the tiny models' two channels (DWI, FLAIR) and the task's other channels.
@@ -37,8 +38,10 @@ def model_root(model: TrainedModel, task_id: int, tmp_path: Path, monkeypatch: p
     return root
 
 
-def session_files(model: TrainedModel, task_id: int, folder: Path) -> dict[str, Path]:
-    """One test case's two model channels under the task's first two flags, and made-up images for the others."""
+def session_files(model: TrainedModel, task_id: int, folder: Path, spacing=SPACING, origin=ORIGIN,
+                  direction=DIRECTION) -> dict[str, Path]:
+    """One test case's two model channels under the task's first two flags, and made-up images for the others, all
+    on the grid given (by default not RAS)."""
     case = sorted(model.test_targets)[0]
     files = {}
     for index, flag in enumerate(TASK_FLAGS[task_id]):
@@ -46,7 +49,7 @@ def session_files(model: TrainedModel, task_id: int, folder: Path) -> dict[str, 
         images = model.test_images(case)
         array = sitk.GetArrayFromImage(sitk.ReadImage(str(images[index]))).T if index < len(images) else \
             brain_volume(sitk.ReadImage(str(images[0])).GetSize(), index)
-        files[flag] = write_nifti(path, array, SPACING, ORIGIN, DIRECTION)
+        files[flag] = write_nifti(path, array, spacing, origin, direction)
     return files
 
 
@@ -107,7 +110,7 @@ def test_flags_of_no_task_and_wrong_output_type_are_refused(tmp_path: Path, monk
     for argv, message in [(["--t1", str(image), "--flair", str(image), "--output", str(tmp_path / "a.txt")],
                            "match no task"),
                           (["--t1", str(image), "--t2", str(image), "--output", str(tmp_path / "a.nii.gz")],
-                           "writes a .txt file")]:
+                           "writes a <case>.txt file")]:
         with pytest.raises(SystemExit) as exit_info:
             main(argv)
         assert exit_info.value.code == EXIT_BAD_INPUT
@@ -122,3 +125,30 @@ def test_model_of_another_task_is_refused(trained_model, tmp_path: Path, monkeyp
         run(files, tmp_path / "sub_1.txt")
     assert exit_info.value.code == EXIT_BAD_INPUT
     assert "holds a task 1 model, the flags ask for task 3" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("choice, status", [("keep", 0), ("error", 1)])
+def test_an_empty_mask_is_kept_with_a_warning_or_refused_never_padded(choice: str, status: int, trained_model,
+                                                                       tmp_path: Path, monkeypatch, caplog) -> None:
+    model = trained_model("segmentation")
+    model_root(model, 2, tmp_path, monkeypatch)
+    files = session_files(model, 2, tmp_path / "input" / "ses_1")
+    real_segment = FoldEnsemble.segment
+
+    def segment_nothing(self, data, properties, output_truncated):
+        mask = real_segment(self, data, properties, output_truncated)
+        image = sitk.ReadImage(str(mask))
+        empty = sitk.Image(image.GetSize(), image.GetPixelID())
+        empty.CopyInformation(image)
+        sitk.WriteImage(empty, str(mask))
+        return mask
+
+    monkeypatch.setattr(FoldEnsemble, "segment", segment_nothing)
+    output = tmp_path / "output" / "sub_4.nii.gz"
+    assert main([*(a for flag, path in files.items() for a in (f"--{flag}", str(path))), "--output", str(output),
+                 "--empty-mask", choice]) == status
+    if choice == "keep":
+        assert "the predicted mask is empty" in caplog.text
+        assert np.unique(sitk.GetArrayFromImage(sitk.ReadImage(str(output)))).tolist() == [0]  # no voxel added
+    else:
+        assert not output.exists()

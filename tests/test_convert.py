@@ -62,7 +62,8 @@ def test_nifti_layout_task1(fomo_tree, nnunet_dirs, caplog):
 
     assert out == nnunet_dirs["nnUNet_raw"] / "Dataset011_FOMOInfarct"
     assert "found the nifti layout" in caplog.text
-    assert "sub_5_ses_1 (ADC)" in caplog.text  # the missing-modality warning names the case
+    # the missing-modality warning names the case, the channel and what the folder holds instead
+    assert "sub_5_ses_1: no ADC (found dwi_b1000.nii.gz, flair.nii.gz, swi.nii.gz in " in caplog.text
     meta = dataset_json(out)
     assert meta["channel_names"] == {"0": "DWI", "1": "FLAIR", "2": "ADC", "3": "SWI_or_T2star"}
     assert meta["labels"] == {"background": 0, "brain": 1}
@@ -90,14 +91,14 @@ def test_nifti_layout_task1(fomo_tree, nnunet_dirs, caplog):
 def test_missing_modality_strategies(strategy, fomo_tree, nnunet_dirs, caplog):
     tree = quirky_task1_tree(fomo_tree(1))
     if strategy == "error":
-        with pytest.raises(FomoInputError, match=r"sub_5_ses_1 \(ADC\)"):
+        with pytest.raises(FomoInputError, match=r"sub_5_ses_1: no ADC \(found dwi_b1000.nii.gz"):
             convert_fomo_dataset(1, tree.root, 11, missing_modality=strategy)
         return
     out = convert_fomo_dataset(1, tree.root, 11, missing_modality=strategy)
     fomo = dataset_json(out)[FOMO_KEY]
     assert "sub_5_ses_1" not in fomo["targets"] and len(fomo["targets"]) == N_SUBJECTS
     assert fomo["missing_modality_strategy"] == "drop" and fomo["missing_modalities"] == {}
-    assert "sub_5_ses_1 (ADC)" in caplog.text
+    assert "sub_5_ses_1: no ADC (found " in caplog.text
 
 
 def test_channel_absent_everywhere_is_left_out(fomo_tree, nnunet_dirs, caplog):

@@ -4,16 +4,20 @@ from __future__ import annotations
 
 import gzip
 import logging
+import os
+import signal
 from pathlib import Path
 from typing import Callable
 
+import nibabel as nib
 import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from fomo_files import TINY_SHAPE, FomoTree, brain_volume, write_nifti
-from nnunet_ext.dataset_conversion.convert import main
-from nnunet_ext.errors import EXIT_BAD_INPUT
+from fomo_files import NIFTI_RAS_AFFINE, TINY_SHAPE, FomoTree, brain_volume, write_broken_header, write_nifti
+from nnunet_ext.dataset_conversion import convert
+from nnunet_ext.dataset_conversion.convert import main, target_outliers
+from nnunet_ext.errors import EXIT_BAD_INPUT, EXIT_SIGNAL_BASE
 
 N_GOOD_SUBJECTS = 6
 
@@ -97,6 +101,34 @@ def other_orientation(tree: FomoTree) -> Path:
     return files["adc"]
 
 
+def age(value: float) -> Callable[[FomoTree], Path]:
+    return lambda tree: tree.add_case("sub_9", label=value)["label"]
+
+
+def all_zero_image(tree: FomoTree) -> Path:
+    return write_nifti(tree.add_case("sub_9")["flair"], np.zeros(TINY_SHAPE, np.float32))
+
+
+def zero_voxel_size(tree: FomoTree) -> Path:
+    return write_broken_header(tree.add_case("sub_9")["flair"], zooms=(1.0, 0.0, 1.0))
+
+
+def negative_voxel_size(tree: FomoTree) -> Path:
+    return write_broken_header(tree.add_case("sub_9")["t1"], zooms=(-1.0, 1.0, 1.0))
+
+
+def series_of_volumes(tree: FomoTree) -> Path:
+    path = tree.add_case("sub_9")["dwi_b1000"]
+    nib.save(nib.Nifti1Image(np.ones((*TINY_SHAPE, 3), np.float32), NIFTI_RAS_AFFINE), path)
+    return path
+
+
+def two_spellings_of_a_modality(tree: FomoTree) -> Path:
+    files = tree.add_case("sub_9")
+    write_nifti(files["flair"].with_name("FLAIR.nii"), brain_volume(TINY_SHAPE, seed=9))
+    return files["flair"].parent
+
+
 # (task, how the input is spoilt, what the message says)
 CASES = {
     "missing label.txt": (1, missing_label, "missing label.txt"),
@@ -112,6 +144,13 @@ CASES = {
     "duplicate subject ids": (3, duplicate_subject, "duplicate id sub_1"),
     "other field of view": (1, not_co_registered, "field of view differs from dwi_b1000.nii.gz"),
     "other orientation": (1, other_orientation, "orientation differs from dwi_b1000.nii.gz"),
+    "age -5": (3, age(-5), "age '-5' is outside the plausible range 0-120 years"),
+    "age 250": (3, age(250), "age '250' is outside the plausible range 0-120 years"),
+    "all-zero image": (2, all_zero_image, "every voxel is 0"),
+    "zero voxel size": (2, zero_voxel_size, "voxel size [1.0, 0.0, 1.0] mm"),
+    "negative voxel size": (3, negative_voxel_size, "voxel size [-1.0, 1.0, 1.0] mm"),
+    "4D series": (1, series_of_volumes, "a series of volumes"),
+    "FLAIR.nii beside flair.nii.gz": (2, two_spellings_of_a_modality, "FLAIR.nii and flair.nii.gz are both"),
 }
 
 
@@ -164,3 +203,80 @@ def test_nan_to_zero_converts_and_reports(fomo_tree, nnunet_dirs, caplog):
     flair = nnunet_dirs["nnUNet_raw"] / "Dataset007_FOMOMeningioma/imagesTr/sub_9_ses_1_0001.nii.gz"
     voxels = sitk.GetArrayFromImage(sitk.ReadImage(str(flair)))
     assert np.isfinite(voxels).all() and voxels[3, 3, 3] == 0 and voxels[4, 4, 4] > 0
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["-n", "../../evil"], "may only hold letters, digits"),
+    (["-n", "with space"], "may only hold letters, digits"),
+    (["--folds", "1"], "argument --folds: must be at least 2, got 1"),
+    (["--test-fraction", "-0.1"], "argument --test-fraction: must be in [0, 0.5], got -0.1"),
+    (["--test-fraction", "0.7"], "argument --test-fraction: must be in [0, 0.5], got 0.7"),
+    (["-d", "1000"], "argument -d/--dataset-id: must be in 1..999"),
+    (["--spacing", "1", "0", "1"], "argument --spacing: must be positive, got 0"),
+], ids=["path in name", "space in name", "one fold", "negative test fraction", "test fraction 0.7", "id 1000",
+        "zero spacing"])
+def test_bad_options_are_refused_before_any_work(argv, message, fomo_tree, nnunet_dirs, tmp_path, capsys):
+    tree = filled_tree(fomo_tree, 1)
+    before = sorted(tmp_path.rglob("*"))
+    assert run_convert(["--task", "1", "-i", str(tree.root), "-d", "7", *argv]) == EXIT_BAD_INPUT
+    assert message in capsys.readouterr().err
+    assert sorted(tmp_path.rglob("*")) == before  # nothing written anywhere, inside nnUNet_raw or outside
+
+
+@pytest.mark.parametrize("folder", ["nnUNet_preprocessed", "nnUNet_results"])
+def test_an_id_used_by_another_dataset_in_any_nnunet_folder_is_refused(folder, fomo_tree, nnunet_dirs, capsys):
+    tree = filled_tree(fomo_tree, 1)
+    (nnunet_dirs[folder] / "Dataset007_SomethingElse").mkdir()
+    assert run_convert(["--task", "1", "-i", str(tree.root), "-d", "7"]) == EXIT_BAD_INPUT
+    assert f"dataset id 7 is already used by Dataset007_SomethingElse in {folder}" in capsys.readouterr().err
+    assert list(nnunet_dirs["nnUNet_raw"].iterdir()) == []
+
+
+def test_upper_case_and_uncompressed_modalities_are_converted(fomo_tree, nnunet_dirs, caplog):
+    tree = filled_tree(fomo_tree, 1)
+    files = tree.add_case("sub_9")
+    flair = brain_volume(TINY_SHAPE, seed=99)
+    write_nifti(files["flair"], flair).rename(files["flair"].with_name("FLAIR.NII.GZ"))  # ITK writes no such name
+    adc = files["adc"]
+    write_nifti(adc.with_name("adc.nii"), brain_volume(TINY_SHAPE, seed=98))
+    adc.unlink()
+    assert main(["--task", "1", "-i", str(tree.root), "-d", "7"]) == 0
+    assert "miss a modality" not in caplog.text
+    converted = nnunet_dirs["nnUNet_raw"] / "Dataset007_FOMOInfarct/imagesTr/sub_9_ses_1_0001.nii.gz"
+    assert np.allclose(sitk.GetArrayFromImage(sitk.ReadImage(str(converted))).transpose(), flair)
+
+
+def test_stale_partial_folders_of_killed_runs_are_removed(fomo_tree, nnunet_dirs, caplog):
+    raw = nnunet_dirs["nnUNet_raw"]
+    dead_pid = 2 ** 22 + 1  # above Linux's pid_max: no such process
+    stale = [raw / f".Dataset007_FOMOInfarct.{dead_pid}.x1.partial", raw / ".Dataset007_FOMOInfarct.legacy.partial"]
+    live = raw / f".Dataset007_FOMOInfarct.{os.getppid()}.x2.partial"  # a running process builds this one
+    for folder in (*stale, live):
+        folder.mkdir()
+    assert main(["--task", "1", "-i", str(filled_tree(fomo_tree, 1).root), "-d", "7"]) == 0
+    assert not any(folder.exists() for folder in stale) and live.is_dir()
+    assert "left by an interrupted run" in caplog.text and f"being built by process {os.getppid()}" in caplog.text
+
+
+def test_sigterm_during_conversion_removes_the_partial_dataset(fomo_tree, nnunet_dirs, monkeypatch, capsys):
+    tree = filled_tree(fomo_tree, 1)
+    real_write_case = convert.write_case
+    written = []
+
+    def write_then_terminate(*args, **kwargs):
+        written.append(real_write_case(*args, **kwargs))
+        if len(written) == 2:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return written[-1]
+
+    monkeypatch.setattr(convert, "write_case", write_then_terminate)
+    assert run_convert(["--task", "1", "-i", str(tree.root), "-d", "7"]) == EXIT_SIGNAL_BASE + signal.SIGTERM
+    assert "terminated" in capsys.readouterr().err
+    assert list(nnunet_dirs["nnUNet_raw"].iterdir()) == []
+    assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL  # the handler is only installed while a command runs
+
+
+def test_far_out_targets_are_flagged_in_the_summary():
+    ages = {f"sub_{i}_ses_1": 40.0 + i for i in range(10)}
+    assert target_outliers(ages) == {}
+    assert target_outliers({**ages, "sub_99_ses_1": 119.0}) == {"sub_99_ses_1": 119.0}

@@ -150,6 +150,43 @@ def test_missing_prediction_for_a_test_case_is_refused(nnunet_dirs, tmp_path: Pa
         main(["-d", str(DATASET_ID), "-o", str(tmp_path / "eval"), "--predictions", f"p={predictions}"])
     assert exit_info.value.code == EXIT_BAD_INPUT
     assert "sub_2_ses_1" in capsys.readouterr().err
+    assert not (tmp_path / "eval").exists()  # refused: no half-written output folder
+    assert not [p for p in tmp_path.iterdir() if p.name.endswith(".partial")]
+
+
+@pytest.mark.parametrize("content, message", [
+    ('[{"case": "sub_1_ses_1", "prediction": 0.5, "fold_0": 0.5', "not valid JSON"),
+    ('[{"case": "sub_1_ses_1", "prediction": "high", "fold_0": 0.5}]', "case sub_1_ses_1: prediction is 'high'"),
+    ('[{"case": "sub_1_ses_1", "prediction": 0.5, "fold_0": null}]', "case sub_1_ses_1: fold_0 is None"),
+    ('[{"case": "sub_1_ses_1", "prediction": 1.5, "fold_0": 1.5}]',
+     "case sub_1_ses_1: prediction 1.5 is no probability"),
+    ('{"sub_1_ses_1": 0.5}', "expected a list of records"),
+], ids=["truncated JSON", "non-numeric", "null", "probability 1.5", "not a list"])
+def test_malformed_prediction_files_are_refused_naming_file_and_case(content, message, nnunet_dirs, tmp_path: Path,
+                                                                      capsys: pytest.CaptureFixture) -> None:
+    hand_made_dataset(nnunet_dirs["nnUNet_raw"], "classification", {"sub_1_ses_1": 1})
+    (tmp_path / "p").mkdir()
+    (tmp_path / "p" / "predictions.json").write_text(content)
+    output = tmp_path / "previous_evaluation"
+    output.mkdir()
+    (output / "notes.txt").write_text("mine")
+    with pytest.raises(SystemExit) as exit_info:
+        main(["-d", str(DATASET_ID), "-o", str(output), "--predictions", f"p={tmp_path / 'p'}"])
+    assert exit_info.value.code == EXIT_BAD_INPUT
+    error = capsys.readouterr().err
+    assert error.startswith(f"error: {tmp_path / 'p' / 'predictions.json'}: ") and message in error
+    assert [p.name for p in output.iterdir()] == ["notes.txt"]  # what the folder held is untouched, nothing added
+
+
+def test_an_output_path_that_is_a_file_is_refused(nnunet_dirs, tmp_path: Path, capsys) -> None:
+    hand_made_dataset(nnunet_dirs["nnUNet_raw"], "regression", {"sub_1_ses_1": 30.0})
+    predictions = write_predictions(tmp_path / "p", {"sub_1_ses_1": 31.0})
+    (tmp_path / "report").write_text("a file")
+    with pytest.raises(SystemExit) as exit_info:
+        main(["-d", str(DATASET_ID), "-o", str(tmp_path / "report"), "--predictions", f"p={predictions}"])
+    assert exit_info.value.code == EXIT_BAD_INPUT
+    assert "output path is a file, not a folder" in capsys.readouterr().err
+    assert (tmp_path / "report").read_text() == "a file"
 
 
 def evaluate_model(model: TrainedModel, output: Path) -> dict:

@@ -10,14 +10,14 @@ import torch
 from nnunet_ext.errors import EXIT_BAD_INPUT
 from nnunet_ext.networks import FomoUNet
 from nnunet_ext.pretrained.fomo_layout import architecture_name, decoder_layout_name
-from nnunet_ext.pretrained.inspect import main
+from nnunet_ext.pretrained.inspect import EXIT_CHECKPOINT_UNFIT, main
 from nnunet_ext.pretrained.testing import make_fomo_checkpoint, make_fomo_state_dict
 
 FILTERS = 4
 
 
-def _json(capsys, *argv) -> dict:
-    assert main([*map(str, argv), "--json"]) == 0
+def _json(capsys, *argv, status: int = 0) -> dict:
+    assert main([*map(str, argv), "--json"]) == status
     return json.loads(capsys.readouterr().out)
 
 
@@ -55,7 +55,7 @@ def test_incomplete_checkpoint_differs_and_segmentation_is_refused(tmp_path, cap
     state_dict = make_fomo_state_dict(FILTERS)
     del state_dict["decoder.decoder_conv2.conv1.norm.bias"]
     torch.save(state_dict, tmp_path / "partial.pt")
-    info = _json(capsys, tmp_path / "partial.pt")
+    info = _json(capsys, tmp_path / "partial.pt", status=EXIT_CHECKPOINT_UNFIT)  # the report, and a failing status
     assert not info["matches_fomo_layout"]
     assert info["layout_differences"] == {"missing": ["decoder.decoder_conv2.conv1.norm.bias"]}
     assert info["tasks"]["2"]["can_initialise"] is False and info["tasks"]["1"]["can_initialise"] is True
@@ -63,10 +63,24 @@ def test_incomplete_checkpoint_differs_and_segmentation_is_refused(tmp_path, cap
 
 def test_other_architecture_is_unknown(tmp_path, capsys):
     torch.save({"conv1.weight": torch.zeros(8, 1, 3, 3)}, tmp_path / "other.pt")
-    info = _json(capsys, tmp_path / "other.pt")
+    info = _json(capsys, tmp_path / "other.pt", status=EXIT_CHECKPOINT_UNFIT)
     assert info["architecture"] == "unknown" and info["tasks"] == {} and not info["matches_fomo_layout"]
-    assert main([str(tmp_path / "other.pt")]) == 0
-    assert "none (not a FOMO UNet checkpoint)" in capsys.readouterr().out
+    assert main([str(tmp_path / "other.pt")]) == EXIT_CHECKPOINT_UNFIT
+    captured = capsys.readouterr()
+    assert "none (not a FOMO UNet checkpoint)" in captured.out
+    assert f"error: {tmp_path / 'other.pt'}: not in the FOMO UNet layout (an unknown architecture)" in captured.err
+
+
+def test_nonfinite_weights_fail_the_inspection(tmp_path, capsys):
+    state_dict = make_fomo_state_dict(FILTERS)
+    state_dict["decoder.decoder_conv2.conv1.norm.bias"][0] = float("nan")
+    torch.save(state_dict, tmp_path / "nan.pt")
+    info = _json(capsys, tmp_path / "nan.pt", status=EXIT_CHECKPOINT_UNFIT)
+    assert info["matches_fomo_layout"] and info["nonfinite_tensors"] == ["decoder.decoder_conv2.conv1.norm.bias"]
+    assert main([str(tmp_path / "nan.pt")]) == EXIT_CHECKPOINT_UNFIT
+    captured = capsys.readouterr()
+    assert "finite weights:   NO: 1 tensor(s) hold NaN/Inf" in captured.out
+    assert "1 tensor(s) hold NaN/Inf weights" in captured.err
 
 
 def test_bad_input_exits_with_one_clear_line(tmp_path, capsys):

@@ -84,6 +84,8 @@ def planned(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Planned]:
             (root / var).mkdir()
             mp.setenv(var, str(root / var))
         mp.setenv("nnUNet_def_n_proc", "1")
+        # what CPU users export for training; nnU-Net's own planning fails with it (torch.set_num_threads(0))
+        mp.setenv("nnUNet_n_proc_DA", "0")
         raw = convert_fomo_dataset(2, write_fomo_task2(root), DATASET_ID)
         checkpoint = make_fomo_checkpoint(root / "epoch=12.ckpt", starting_filters=FILTERS)
         assert main(["-d", str(DATASET_ID), "--patch-size", *[str(PATCH)] * 3, "--starting-filters", str(FILTERS),
@@ -191,6 +193,33 @@ def test_a_checkpoint_that_does_not_fit_the_planned_network_is_refused(tmp_path:
     checkpoint = make_fomo_checkpoint(tmp_path / "other.ckpt", **{"starting_filters": FILTERS, **layout})
     with pytest.raises(FomoInputError, match=option):
         pretrained_spec(FomoPlanSettings(starting_filters=FILTERS, pretrained=checkpoint))
+
+
+def nan_checkpoint(path: Path) -> Path:
+    checkpoint = torch.load(make_fomo_checkpoint(path, starting_filters=FILTERS), weights_only=False)
+    next(iter(checkpoint["state_dict"].values())).fill_(float("nan"))
+    torch.save(checkpoint, path)
+    return path
+
+
+def foreign_checkpoint(path: Path) -> Path:
+    torch.save({"conv1.weight": torch.zeros(8, 1, 3, 3)}, path)
+    return path
+
+
+@pytest.mark.parametrize("make, message", [(nan_checkpoint, "hold NaN/Inf weights"),
+                                           (foreign_checkpoint, "")], ids=["NaN weights", "fits no task"])
+def test_planning_refuses_an_unusable_checkpoint_before_any_preprocessing(planned: Planned, tmp_path: Path, make,
+                                                                           message: str, capsys) -> None:
+    checkpoint = make(tmp_path / "bad.ckpt")
+    fingerprint = planned.preprocessed / "dataset_fingerprint.json"
+    before = {path: path.stat().st_mtime_ns for path in planned.preprocessed.rglob("*")}
+    with pytest.raises(SystemExit) as exit_info:
+        main(["-d", str(DATASET_ID), "--starting-filters", str(FILTERS), "--pretrained", str(checkpoint), "-np", "1"])
+    assert exit_info.value.code == EXIT_BAD_INPUT
+    error = capsys.readouterr().err
+    assert error.startswith(f"error: {checkpoint}: ") and message in error
+    assert fingerprint in before and {p: p.stat().st_mtime_ns for p in planned.preprocessed.rglob("*")} == before
 
 
 def test_a_dataset_without_fomo_key_is_planned_as_segmentation(caplog: pytest.LogCaptureFixture) -> None:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
@@ -27,21 +28,34 @@ from nnunet_ext.dataset_conversion.fomo_reader import (
     FomoCase,
     FomoLayout,
     check_mask,
+    checked_intensities,
     detect_layout,
     lesion_volume_ml,
     onto_grid,
     read_target,
-    replace_nonfinite,
     to_ras,
 )
-from nnunet_ext.dataset_conversion.splits import N_FOLDS, make_splits, split_test_set, stratification_labels
+from nnunet_ext.dataset_conversion.image_checks import is_nifti
+from nnunet_ext.dataset_conversion.splits import (
+    MAX_TEST_FRACTION,
+    MIN_FOLDS,
+    N_FOLDS,
+    make_splits,
+    split_test_set,
+    stratification_labels,
+)
 from nnunet_ext.dataset_conversion.tasks import CLASSIFICATION, FOMO_KEY, SEGMENTATION, TaskSpec, get_task
 from nnunet_ext.errors import FomoInputError, cli_entry
+from nnunet_ext.utils.arguments import float_in, int_at_least, int_in, positive_float
 from nnunet_ext.utils.files import atomic_directory, atomic_write_json
 
 log = logging.getLogger(__name__)
 
 RAW_ENV = "nnUNet_raw"
+#: nnU-Net's three folders: a dataset id must name one dataset in all of them.
+NNUNET_FOLDER_ENVS = (RAW_ENV, "nnUNet_preprocessed", "nnUNet_results")
+#: Dataset names become folder names: no path separators, no "..", nothing a shell or nnU-Net would misread.
+DATASET_NAME_PATTERN = re.compile(r"[A-Za-z0-9_-]+")
 FILE_ENDING = ".nii.gz"
 #: nnU-Net dataset ids have three digits.
 MAX_DATASET_ID = 999
@@ -56,6 +70,8 @@ BRAIN_MASK = "brain_mask"  # tasks 1 and 3: the non-zero voxels of any channel
 TARGET_MASK = "segmentation"  # task 2: the meningioma mask
 BRAIN_LABEL = "brain"
 SPLITS_FILE = "splits_final.json"
+#: Tukey's "far out" fences: a regression target beyond them is flagged in the summary (not refused).
+OUTLIER_IQR_FACTOR = 3.0
 
 
 @dataclass(frozen=True)
@@ -68,20 +84,35 @@ class WrittenCase:
 
 
 def dataset_folder(dataset_id: int, name: str, overwrite: bool) -> Path:
-    """``$nnUNet_raw/Dataset{id:03d}_{name}``, refusing an unset nnUNet_raw, a taken id or an existing dataset."""
+    """``$nnUNet_raw/Dataset{id:03d}_{name}``, refusing an unset nnUNet_raw, a bad name, an id that another dataset
+    uses in any of nnU-Net's three folders, or an existing dataset."""
     raw = os.environ.get(RAW_ENV)
     if not raw:
         raise FomoInputError(f"{RAW_ENV} is not set: export it as the folder of nnU-Net's raw datasets")
     if not 0 < dataset_id <= MAX_DATASET_ID:
         raise FomoInputError(f"dataset id must be in 1..{MAX_DATASET_ID}, got {dataset_id}")
-    folder = Path(raw) / f"Dataset{dataset_id:03d}_{name}"
-    # nnU-Net resolves a dataset by its id: a second name for one id would make that ambiguous.
-    for other in Path(raw).glob(f"Dataset{dataset_id:03d}_*"):
-        if other != folder:
-            raise FomoInputError(f"dataset id {dataset_id} is already used by {other.name}", other)
+    if not DATASET_NAME_PATTERN.fullmatch(name):
+        raise FomoInputError(f"dataset name {name!r} may only hold letters, digits, '_' and '-'")
+    folder_name = f"Dataset{dataset_id:03d}_{name}"
+    # nnU-Net resolves a dataset by its id in each of its folders: a second name for one id makes that ambiguous.
+    for variable in NNUNET_FOLDER_ENVS:
+        root = os.environ.get(variable)
+        for other in (Path(root).glob(f"Dataset{dataset_id:03d}_*") if root else ()):
+            if other.name != folder_name and not other.name.startswith("."):
+                raise FomoInputError(f"dataset id {dataset_id} is already used by {other.name} in {variable}; "
+                                     "choose another id", other)
+    folder = Path(raw) / folder_name
     if folder.exists() and not overwrite:
         raise FomoInputError("dataset exists; pass --overwrite to replace it", folder)
     return folder
+
+
+def missing_modality_detail(case: FomoCase, channels: Sequence[str]) -> str:
+    """``sub_3_ses_1: no flair (found adc.nii.gz, FLAIR_2.nii.gz in .../sub_3/ses_1)``: what a user needs to see
+    whether the modality is missing or only misnamed."""
+    folder = next(iter(case.images.values())).parent
+    found = sorted(p.name for p in folder.iterdir() if is_nifti(p))
+    return f"{case.case_id}: no {'/'.join(channels)} (found {', '.join(found)} in {folder})"
 
 
 def resolve_channels(cases: List[FomoCase], task: TaskSpec, strategy: str,
@@ -100,7 +131,8 @@ def resolve_channels(cases: List[FomoCase], task: TaskSpec, strategy: str,
     missing = {case_id: chans for case_id, chans in missing.items() if chans}
     if not missing:
         return channels, cases, {}
-    detail = ", ".join(f"{case_id} ({'/'.join(chans)})" for case_id, chans in missing.items())
+    by_id = {case.case_id: case for case in cases}
+    detail = "; ".join(missing_modality_detail(by_id[case_id], chans) for case_id, chans in missing.items())
     if strategy == MISSING_ERROR:
         raise FomoInputError(f"cases miss a modality: {detail}; use --missing-modality zeros or drop")
     log.warning("%d case(s) miss a modality, strategy '%s': %s", len(missing), strategy, detail)
@@ -125,7 +157,7 @@ def case_images(layout: FomoLayout, case: FomoCase, nan_to_zero: bool) -> Tuple[
     """The case's present channels on the grid of its first one, and how many NaN/Inf voxels were zeroed."""
     images, nonfinite = {}, 0
     for channel, image in layout.read_images(case).items():
-        images[channel], count = replace_nonfinite(image, case.images[channel], channel, nan_to_zero)
+        images[channel], count = checked_intensities(image, case.images[channel], nan_to_zero, channel)
         nonfinite += count
     reference_channel = next(iter(images))
     reference, reference_path = images[reference_channel], case.images[reference_channel]
@@ -200,6 +232,14 @@ def fomo_metadata(task: TaskSpec, layout: FomoLayout, cases: List[FomoCase], tar
     }
 
 
+def target_outliers(targets: Dict[str, float]) -> Dict[str, float]:
+    """Cases whose target lies beyond Tukey's far-out fences (:data:`OUTLIER_IQR_FACTOR` IQR beyond the quartiles)."""
+    values = np.array(list(targets.values()), dtype=float)
+    q1, q3 = np.percentile(values, [25, 75])
+    low, high = q1 - OUTLIER_IQR_FACTOR * (q3 - q1), q3 + OUTLIER_IQR_FACTOR * (q3 - q1)
+    return {case_id: value for case_id, value in sorted(targets.items()) if not low <= value <= high}
+
+
 def summary(written: Dict[str, WrittenCase], test: List[str], channels: Sequence[str], targets: Dict[str, float],
             task: TaskSpec) -> str:
     """A human-readable account of the converted dataset: cases, channels, spacings, shapes, targets."""
@@ -213,6 +253,10 @@ def summary(written: Dict[str, WrittenCase], test: List[str], channels: Sequence
         unit = "ml" if task.task_type == SEGMENTATION else "years"
         target_text = (f"min {values.min():.1f}, median {np.median(values):.1f}, mean {values.mean():.1f}, "
                        f"max {values.max():.1f} {unit}")
+        outliers = target_outliers(targets)
+        if outliers:
+            target_text += (f"; far outside the others (Tukey fences at {OUTLIER_IQR_FACTOR:g} IQR), check them: "
+                            + ", ".join(f"{case_id} ({value:g})" for case_id, value in outliers.items()))
     lines = [
         f"cases: {len(written)} ({len(written) - len(test)} training, {len(test)} test)",
         f"channels: {', '.join(channels)}",
@@ -287,18 +331,22 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--task", type=int, choices=(1, 2, 3), required=True, help="FOMO25 task id")
     parser.add_argument("-i", "--input", required=True,
                         help="FOMO task folder (preprocessed/ and labels/) or a folder of sub_<N>.npy arrays")
-    parser.add_argument("-d", "--dataset-id", type=int, required=True, help="nnU-Net dataset id (1-999)")
-    parser.add_argument("-n", "--name", default=None, help="dataset name (default: the task's name, e.g. FOMOInfarct)")
-    parser.add_argument("--test-fraction", type=float, default=0.0,
-                        help="share of subjects held out as imagesTs/labelsTs, stratified and grouped like the folds "
-                             "(default: %(default)s, no test set)")
+    parser.add_argument("-d", "--dataset-id", type=int_in(1, MAX_DATASET_ID), required=True,
+                        help=f"nnU-Net dataset id (1-{MAX_DATASET_ID}), not used by another dataset in nnUNet_raw, "
+                             "nnUNet_preprocessed or nnUNet_results")
+    parser.add_argument("-n", "--name", default=None,
+                        help="dataset name: letters, digits, '_' and '-' (default: the task's name, e.g. FOMOInfarct)")
+    parser.add_argument("--test-fraction", type=float_in(0.0, MAX_TEST_FRACTION), default=0.0,
+                        help=f"share of subjects held out as imagesTs/labelsTs, in [0, {MAX_TEST_FRACTION}], "
+                             "stratified and grouped like the folds (default: %(default)s, no test set)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the test split and the folds (default: %(default)s)")
-    parser.add_argument("--folds", type=int, default=N_FOLDS, help="number of cross-validation folds (default: %(default)s)")
+    parser.add_argument("--folds", type=int_at_least(MIN_FOLDS), default=N_FOLDS,
+                        help=f"number of cross-validation folds, at least {MIN_FOLDS} (default: %(default)s)")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing dataset of that id and name")
     parser.add_argument("--missing-modality", choices=MISSING_STRATEGIES, default=MISSING_ZEROS,
                         help="cases lacking a modality: zero image, leave the case out, or stop (default: %(default)s)")
     parser.add_argument("--nan-to-zero", action="store_true", help="replace NaN/Inf voxels by 0 instead of stopping")
-    parser.add_argument("--spacing", type=float, nargs=3, metavar=("X", "Y", "Z"), default=None,
+    parser.add_argument("--spacing", type=positive_float, nargs=3, metavar=("X", "Y", "Z"), default=None,
                         help="voxel spacing in mm of .npy arrays (instead of their companion .pkl)")
     return parser
 

@@ -41,7 +41,14 @@ import numpy as np
 import SimpleITK as sitk
 from nibabel.filebasedimages import ImageFileError
 
-from nnunet_ext.dataset_conversion.tasks import CLASSIFICATION, TaskSpec
+from nnunet_ext.dataset_conversion.tasks import CLASSIFICATION, PLAUSIBLE_AGE_YEARS, TaskSpec
+from nnunet_ext.dataset_conversion.image_checks import (
+    SPATIAL_DIMS,
+    check_intensities,
+    load_checked_nifti,
+    nifti_stem,
+    spatial_shape,
+)
 from nnunet_ext.errors import FomoInputError
 
 log = logging.getLogger(__name__)
@@ -57,7 +64,6 @@ NPY_STEM_PATTERN = re.compile(r"(sub_\d+)(?:_(ses_\d+))?")
 DEFAULT_SESSION = "ses_1"
 #: Keys of the companion .pkl that may hold the spacing, in the order they are looked up.
 NPY_SPACING_KEYS = ("spacing", "new_spacing")
-SPATIAL_DIMS = 3
 #: Values allowed in a class label (Task 1) and in a segmentation mask (Task 2).
 BINARY_VALUES = (0, 1)
 ML_PER_MM3 = 1e-3
@@ -134,24 +140,27 @@ def find_label(labels_root: Path, subject_dir: str, session_dir: str, label_file
 def read_nifti(path: Path) -> sitk.Image:
     """Read a 3D NIfTI as float32: the voxels through nibabel, the geometry through SimpleITK.
 
-    SimpleITK, which nnU-Net reads the data with, silently zero-fills a truncated .nii.gz and reads NaN
-    voxels as 0; nibabel reports both. The geometry comes from SimpleITK's header reader so that it is
-    exactly what nnU-Net will see.
+    SimpleITK, which nnU-Net reads the data with, silently zero-fills a truncated .nii.gz, reads NaN voxels as 0
+    and stores a zero voxel size as 1 mm; nibabel reports all three, and the geometry is checked on its view of
+    the header (:func:`~nnunet_ext.dataset_conversion.image_checks.check_nifti_geometry`) before SimpleITK's
+    header reader gives the geometry exactly as nnU-Net will see it.
     """
+    nifti = load_checked_nifti(path)
+    shape = spatial_shape(nifti.shape, path)
     header = sitk.ImageFileReader()
     header.SetFileName(str(path))
     try:
         header.ReadImageInformation()
-        voxels = nib.load(path).get_fdata(dtype=np.float32)
+        voxels = nifti.get_fdata(dtype=np.float32).reshape(shape)
     except (RuntimeError, OSError, EOFError, ValueError, zlib.error, ImageFileError) as e:
         reason = str(e).strip().splitlines()[-1] if str(e).strip() else type(e).__name__
         raise FomoInputError(f"corrupt or truncated NIfTI ({reason})", path) from None
-    if voxels.shape != header.GetSize():
-        raise FomoInputError(f"expected a 3D image, found shape {voxels.shape}", path)
     image = sitk.GetImageFromArray(np.ascontiguousarray(voxels.transpose()))  # SimpleITK's arrays are [Z, Y, X]
-    image.SetSpacing(header.GetSpacing())
-    image.SetOrigin(header.GetOrigin())
-    image.SetDirection(header.GetDirection())
+    # A single-volume 4D file: its first three axes are the image (ITK's direction matrix is then 4 x 4).
+    dims = header.GetDimension()
+    image.SetSpacing(header.GetSpacing()[:SPATIAL_DIMS])
+    image.SetOrigin(header.GetOrigin()[:SPATIAL_DIMS])
+    image.SetDirection(np.reshape(header.GetDirection(), (dims, dims))[:SPATIAL_DIMS, :SPATIAL_DIMS].ravel().tolist())
     return image
 
 
@@ -178,6 +187,9 @@ def read_target(path: Path, task: TaskSpec) -> float:
         if value not in BINARY_VALUES:
             raise FomoInputError(f"class label must be 0 or 1, found {text!r}", path)
         return int(value)
+    low, high = PLAUSIBLE_AGE_YEARS
+    if not low <= value <= high:
+        raise FomoInputError(f"age {text!r} is outside the plausible range {low:g}-{high:g} years", path)
     return value
 
 
@@ -196,16 +208,14 @@ def lesion_volume_ml(mask: sitk.Image) -> float:
     return voxels * float(np.prod(mask.GetSpacing())) * ML_PER_MM3
 
 
-def replace_nonfinite(image: sitk.Image, path: Path, channel: str, nan_to_zero: bool) -> Tuple[sitk.Image, int]:
-    """Refuse NaN/Inf voxels, or with ``nan_to_zero`` replace them by 0; returns the image and the count."""
+def checked_intensities(image: sitk.Image, path: Path, nan_to_zero: bool,
+                        channel: Optional[str] = None) -> Tuple[sitk.Image, int]:
+    """``image`` after the intensity checks of every command (see ``image_checks.check_intensities``), and the
+    number of NaN/Inf voxels set to 0."""
     array = sitk.GetArrayFromImage(image)
-    bad = ~np.isfinite(array)
-    count = int(bad.sum())
+    count = check_intensities(array, path, nan_to_zero, channel)
     if count == 0:
         return image, 0
-    if not nan_to_zero:
-        raise FomoInputError(f"channel {channel} holds {count} NaN/Inf voxels (pass --nan-to-zero to zero them)", path)
-    array[bad] = 0
     fixed = sitk.GetImageFromArray(array)
     fixed.CopyInformation(image)
     return fixed, count
@@ -266,6 +276,23 @@ def onto_grid(image: sitk.Image, path: Path, reference: sitk.Image, reference_pa
     return sitk.Resample(image, reference, sitk.Transform(), interpolator, 0.0, image.GetPixelID())
 
 
+def nifti_files(folder: Path) -> Dict[str, Path]:
+    """Lower-case stem -> file of the NIfTI images in ``folder`` (``FLAIR.nii.gz``, ``flair.nii``: ``flair``).
+
+    Matched case-insensitively, as the challenge's validator matches sequence names; two files of one stem are
+    refused rather than one of them silently chosen.
+    """
+    files: Dict[str, Path] = {}
+    for path in sorted(folder.iterdir()):
+        stem = nifti_stem(path.name)
+        if stem is None or not path.is_file():
+            continue
+        if stem in files:
+            raise FomoInputError(f"{files[stem].name} and {path.name} are both the {stem} image; keep one", folder)
+        files[stem] = path
+    return files
+
+
 class FomoLayout(ABC):
     """One on-disk layout: finds the cases and reads their images and masks."""
 
@@ -310,13 +337,13 @@ class NiftiLayout(FomoLayout):
     def _sessions(subject_dir: Path) -> Dict[str, Path]:
         """The session folders of a subject; the subject folder itself when it has no ``ses_*`` level."""
         sessions = _numbered_dirs(subject_dir, SESSION_PATTERN)
-        if sessions and any(subject_dir.glob("*" + NIFTI_SUFFIX)):
+        if sessions and nifti_files(subject_dir):
             raise FomoInputError("holds both ses_* folders and images; expected one or the other", subject_dir)
         return sessions or {DEFAULT_SESSION: subject_dir}
 
     def _channel_files(self, folder: Path) -> Dict[str, Path]:
         """Channel name -> file for the modalities present in one session folder."""
-        files = {p.name[: -len(NIFTI_SUFFIX)]: p for p in sorted(folder.glob("*" + NIFTI_SUFFIX))}
+        files = nifti_files(folder)
         found = {}
         for channel in self.task.channels:
             matches = [files[stem] for stem in channel.stems if stem in files]

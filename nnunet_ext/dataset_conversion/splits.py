@@ -20,6 +20,8 @@ log = logging.getLogger(__name__)
 
 #: nnU-Net trains and ensembles five folds.
 N_FOLDS = 5
+#: Cross-validation needs a part to train on and one to validate on.
+MIN_FOLDS = 2
 #: Quantile bins for continuous targets (volume, age); fewer when there are too few subjects to fill them.
 N_QUANTILE_BINS = 5
 #: A larger test set would leave too little to train on.
@@ -62,6 +64,8 @@ def _grouped_folds(groups: Sequence[str], strata: Sequence[int], n_folds: int,
     """
     if not len(groups) == len(strata):
         raise ValueError(f"{len(groups)} groups but {len(strata)} strata")
+    if n_folds < MIN_FOLDS:
+        raise FomoInputError(f"{n_folds} fold(s): cross-validation needs at least {MIN_FOLDS}")
     groups, strata = np.asarray(groups), np.asarray(strata)
     n_subjects = len(np.unique(groups))
     if n_subjects < n_folds:

@@ -18,6 +18,8 @@ REGRESSION = "regression"
 #: (task, per-case targets, subjects). nnU-Net copies dataset.json verbatim into nnUNet_preprocessed
 #: and nnUNet_results, so the targets travel with the model.
 FOMO_KEY = "fomo"
+#: Ages (years) accepted as a Task 3 target: a label outside is a typo or a unit error (months, days).
+PLAUSIBLE_AGE_YEARS = (0.0, 120.0)
 
 
 @dataclass(frozen=True)

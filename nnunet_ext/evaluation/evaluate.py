@@ -62,6 +62,7 @@ from nnunet_ext.inference.predict import (
     DEFAULT_PLANS,
     ENSEMBLE_COLUMN,
     FoldEnsemble,
+    PREDICTIONS_JSON,
     fold_column,
     parse_folds,
     predict_cases,
@@ -71,7 +72,8 @@ from nnunet_ext.inference.predict import (
     write_records,
 )
 from nnunet_ext.trainers.base import NNUNET_EMA_DICE
-from nnunet_ext.utils.files import atomic_write_json, atomic_write_text
+from nnunet_ext.utils.arguments import fold, int_at_least, positive_float
+from nnunet_ext.utils.files import atomic_write_json, atomic_write_text, staged_directory
 
 log = logging.getLogger(__name__)
 
@@ -475,8 +477,18 @@ def given_predictions(test: TestSet, named: Mapping[str, Path]) -> Union[CaseLev
             if not path.is_dir():
                 raise FomoInputError("expected a folder of predicted masks", path)
         return dict(named)
-    return {name: {r[CASE_COLUMN]: float(r[ENSEMBLE_COLUMN]) for r in read_prediction_records(path)}
-            for name, path in named.items()}
+    models = {}
+    for name, path in named.items():
+        records = read_prediction_records(path)
+        if test.task_type == CLASSIFICATION:
+            for record in records:
+                if not 0.0 <= record[ENSEMBLE_COLUMN] <= 1.0:
+                    value = record[ENSEMBLE_COLUMN]
+                    raise FomoInputError(f"case {record[CASE_COLUMN]}: {ENSEMBLE_COLUMN} {value!r} is no probability "
+                                         "(outside [0, 1])",
+                                         path / PREDICTIONS_JSON if path.is_dir() else path)
+        models[name] = {r[CASE_COLUMN]: float(r[ENSEMBLE_COLUMN]) for r in records}
+    return models
 
 
 def evaluate(test: TestSet, output: Path, predictions: Union[CaseLevelPredictions, Dict[str, Path]], source: str,
@@ -506,7 +518,8 @@ def build_parser() -> argparse.ArgumentParser:
                              "gives the Youden threshold, and for every task the training curves")
     parser.add_argument("-p", "--plans", default=DEFAULT_PLANS, help="plans identifier of the trained model")
     parser.add_argument("-c", "--configuration", default=DEFAULT_CONFIGURATION, help="configuration of the trained model")
-    parser.add_argument("-f", "--folds", nargs="+", default=list(DEFAULT_FOLDS), help="folds of the trained model")
+    parser.add_argument("-f", "--folds", nargs="+", type=fold, default=list(DEFAULT_FOLDS),
+                        help="folds of the trained model")
     parser.add_argument("-chk", "--checkpoint", default=DEFAULT_CHECKPOINT, help="checkpoint file of each fold")
     parser.add_argument("-device", "--device", default="cuda", choices=("cuda", "cpu", "mps"),
                         help="device to predict on")
@@ -516,9 +529,10 @@ def build_parser() -> argparse.ArgumentParser:
                              "(classification, regression) or folders of masks (segmentation), each under a name")
     parser.add_argument("--labels", type=Path, default=None,
                         help="segmentation: folder of reference masks instead of the dataset's labelsTs")
-    parser.add_argument("--n-bootstrap", type=int, default=DEFAULT_N_RESAMPLES, help="bootstrap resamples per CI")
+    parser.add_argument("--n-bootstrap", type=int_at_least(1), default=DEFAULT_N_RESAMPLES,
+                        help="bootstrap resamples per CI")
     parser.add_argument("--seed", type=int, default=DEFAULT_SEED, help="seed of the bootstrap")
-    parser.add_argument("--nsd-tolerance", type=float, default=DEFAULT_NSD_TOLERANCE_MM,
+    parser.add_argument("--nsd-tolerance", type=positive_float, default=DEFAULT_NSD_TOLERANCE_MM,
                         help="tolerance of the normalised surface distance in mm")
     return parser
 
@@ -540,11 +554,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         named = parse_named_paths(args.predictions)
         predictions = given_predictions(test, named)
         source = ", ".join(f"{name} = `{path}`" for name, path in named.items())
-    else:
-        predictions = predict_test_set(test, model_folder, folds, args.checkpoint, torch.device(args.device),
-                                       not args.disable_tta, args.output / PREDICTIONS_DIR)
-        source = (f"`{model_folder.name}`, folds {', '.join(map(str, folds))} and their ensemble, {args.checkpoint}, "
-                  f"mirroring TTA {'off' if args.disable_tta else 'on'}")
-    report = evaluate(test, args.output, predictions, source, model_folder, folds, settings)
+    # everything is written into a staged folder that reaches args.output only once the report is complete
+    with staged_directory(args.output) as staged:
+        if args.predictions is None:
+            predictions = predict_test_set(test, model_folder, folds, args.checkpoint, torch.device(args.device),
+                                           not args.disable_tta, staged / PREDICTIONS_DIR)
+            source = (f"`{model_folder.name}`, folds {', '.join(map(str, folds))} and their ensemble, "
+                      f"{args.checkpoint}, mirroring TTA {'off' if args.disable_tta else 'on'}")
+        report = args.output / evaluate(test, staged, predictions, source, model_folder, folds, settings).name
     log.info("report: %s", report)
     return 0

@@ -36,6 +36,7 @@ from nnunet_ext.inference.predict import (
     require_nnunet_ext_trainers,
     trained_model_folder,
 )
+from nnunet_ext.utils.arguments import int_at_least
 from nnunet_ext.utils.files import atomic_write_json, atomic_write_text
 
 log = logging.getLogger(__name__)
@@ -215,7 +216,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-p", "--plans", nargs="+", default=[DEFAULT_PLANS], help="plans identifiers to compare")
     parser.add_argument("-c", "--configurations", nargs="+", default=[DEFAULT_CONFIGURATION],
                         help="configurations to compare")
-    parser.add_argument("-f", "--folds", nargs="+", default=list(DEFAULT_FOLDS),
+    parser.add_argument("-f", "--folds", nargs="+", type=int_at_least(0), default=list(DEFAULT_FOLDS),
                         help="folds whose validation predictions are pooled")
     parser.add_argument("--disable_ensembling", action="store_true",
                         help="do not try the ensemble of the two best models")
@@ -226,6 +227,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
-    find_best_configuration(args.dataset, args.trainers, args.plans, args.configurations, args.folds,
+    folds = [str(f) for f in args.folds]  # nnU-Net's selection names folds as strings
+    find_best_configuration(args.dataset, args.trainers, args.plans, args.configurations, folds,
                             not args.disable_ensembling)
     return 0

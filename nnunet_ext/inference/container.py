@@ -9,9 +9,17 @@ The challenge calls the container once per session with one flag per image (``--
 | 2 meningioma | dwi_b1000, flair, swi or t2s | ``.nii.gz``: mask in {0, 1}, the input's shape and affine |
 | 3 brain age | t1, t2 | ``.txt``: age in years |
 
-Each task's trained model folder (``<Trainer>__<plans>__<configuration>`` with its ``fold_X/``, as nnU-Net
-writes it) lies in ``$FOMO_MODEL_DIR/task<N>/`` (default ``/app/models/task<N>/``); every fold with the checkpoint is
-averaged. The images are read as ``fomo_convert`` reads a session and preprocessed as in training.
+Each task's model lies in ``$FOMO_MODEL_DIR/task<N>/`` (default ``/app/models/task<N>/``), as
+``fomo_export_submission`` writes it: the folds and checkpoint of its ``manifest.json`` are averaged (a model folder
+copied by hand: every fold with ``checkpoint_final.pth``). The images are read as ``fomo_convert`` reads a session
+and preprocessed as in training; a mask is written back in the geometry of the session's first image.
+
+What the challenge's validator checks, and what is written for it: a ``.txt`` holding one float at full precision
+(``repr``: 17 significant digits, so that probabilities never tie in AUROC through rounding; ages are not
+truncated), and a uint8 ``.nii.gz`` mask in {0, 1}. An empty mask (no meningioma found) is a valid prediction that
+the challenge's scoring handles, but the validator's check ``np.unique(mask) == [0, 1]`` fails on it: it is kept
+by default with a warning (``--empty-mask keep``), or refused with exit status 1 (``--empty-mask error``); no fake
+voxel is ever added.
 """
 
 from __future__ import annotations
@@ -19,17 +27,20 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import sys
 from pathlib import Path
 from typing import Dict, Optional, Sequence
 
 import numpy as np
+import SimpleITK as sitk
 import torch
 
 from nnunet_ext.dataset_conversion.tasks import SEGMENTATION, TASKS, TaskSpec
 from nnunet_ext.errors import FomoInputError, cli_entry
 from nnunet_ext.inference.inputs import session_from_files, task_of
 from nnunet_ext.inference.predict import DEFAULT_CHECKPOINT, FoldEnsemble
-from nnunet_ext.utils.files import atomic_write_text
+from nnunet_ext.inference.submission import read_manifest, task_folder
+from nnunet_ext.utils.files import atomic_write_text, require_output_folder
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +50,10 @@ DEFAULT_MODEL_DIR = Path("/app/models")
 #: Output file ending per task type: masks for segmentation, one number otherwise.
 MASK_SUFFIX = ".nii.gz"
 VALUE_SUFFIX = ".txt"
+#: ``--empty-mask``: keep an empty mask (warned about), or refuse it.
+EMPTY_MASK_KEEP, EMPTY_MASK_ERROR = "keep", "error"
+#: Exit status of ``--empty-mask error`` on an empty mask: the prediction ran, its result is refused.
+EXIT_EMPTY_MASK = 1
 #: Every image flag the challenge uses: the file stems of tasks.py.
 SEQUENCE_FLAGS = tuple(sorted({stem for task in TASKS.values() for channel in task.channels for stem in channel.stems}))
 
@@ -57,38 +72,59 @@ def detect_task(given: Sequence[str]) -> TaskSpec:
 
 def model_folder_for(task: TaskSpec, model_root: Path) -> Path:
     """``<model_root>/task<N>``: the trained model folder of ``task``."""
-    folder = model_root / f"task{task.task_id}"
+    folder = task_folder(model_root, task.task_id)
     if not (folder / "dataset.json").is_file():
-        raise FomoInputError(f"no trained model for task {task.task_id} (expected a model folder with dataset.json, "
-                             f"plans.json and fold_X/; set {MODEL_DIR_ENV})", folder)
+        raise FomoInputError(f"no trained model for task {task.task_id} (export one with fomo_export_submission, or "
+                             f"set {MODEL_DIR_ENV})", folder)
     return folder
 
 
 def output_case_id(output: Path, suffix: str) -> str:
-    """The case id the output file names (``sub_3.txt`` -> ``sub_3``), refusing the wrong file type."""
-    if not output.name.endswith(suffix):
-        raise FomoInputError(f"this task writes a {suffix} file", output)
+    """The case id the output file names (``sub_3.txt`` -> ``sub_3``), refusing the wrong file type, a folder in
+    the output's place, or a parent that is a file."""
+    if not output.name.endswith(suffix) or len(output.name) == len(suffix):
+        raise FomoInputError(f"this task writes a <case>{suffix} file", output)
+    if output.is_dir():
+        raise FomoInputError("output path is a folder; give the file to write", output)
+    require_output_folder(output.parent)
     return output.name[: -len(suffix)]
 
 
-def predict_session(files: Dict[str, Path], output: Path, model_root: Path, checkpoint: str = DEFAULT_CHECKPOINT,
-                    device: torch.device = torch.device("cpu")) -> Path:
-    """Predict one session (``{flag: file}``) with the fold ensemble of its task and write ``output``."""
+class EmptyMask(Exception):
+    """The predicted mask has no foreground and ``--empty-mask error`` was asked for."""
+
+
+def predict_session(files: Dict[str, Path], output: Path, model_root: Path, checkpoint: Optional[str] = None,
+                    device: torch.device = torch.device("cpu"), nan_to_zero: bool = False,
+                    empty_mask: str = EMPTY_MASK_KEEP) -> Path:
+    """Predict one session (``{flag: file}``) with the fold ensemble of its task and write ``output``.
+
+    ``checkpoint`` None: the exported manifest's (or ``checkpoint_final.pth``), with the manifest's folds.
+    """
     task = detect_task(list(files))
     suffix = MASK_SUFFIX if task.task_type == SEGMENTATION else VALUE_SUFFIX
     case_id = output_case_id(output, suffix)
     folder = model_folder_for(task, model_root)
-    ensemble = FoldEnsemble(folder, None, checkpoint, device)
+    manifest = read_manifest(folder)
+    folds = manifest["folds"] if manifest else None
+    checkpoint = checkpoint or (manifest["checkpoint"] if manifest else DEFAULT_CHECKPOINT)
+    ensemble = FoldEnsemble(folder, folds, checkpoint, device)
     trained_for = task_of(ensemble.dataset_json, folder).task_id
     if trained_for != task.task_id:
         raise FomoInputError(f"holds a task {trained_for} model, the flags ask for task {task.task_id}", folder)
-    session = session_from_files(case_id, files, ensemble.dataset_json)
+    session = session_from_files(case_id, files, ensemble.dataset_json, nan_to_zero)
     data, properties = ensemble.preprocess(session)
-    output.parent.mkdir(parents=True, exist_ok=True)
     if task.task_type == SEGMENTATION:
-        return ensemble.segment(data, properties, output.parent / case_id)
+        mask = ensemble.segment(data, properties, output.parent / case_id)
+        if not np.any(sitk.GetArrayViewFromImage(sitk.ReadImage(str(mask)))):
+            if empty_mask == EMPTY_MASK_ERROR:
+                mask.unlink()
+                raise EmptyMask(f"{mask}: the predicted mask is empty (--empty-mask error)")
+            log.warning("%s: the predicted mask is empty: a valid prediction, but the challenge validator's "
+                        "{0, 1} check reports it (see --empty-mask)", mask)
+        return mask
     value = float(np.mean(ensemble.case_level(data)))
-    atomic_write_text(output, f"{value}\n")
+    atomic_write_text(output, f"{value!r}\n")
     return output
 
 
@@ -97,17 +133,36 @@ def default_device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
+def tasks_of_flag(flag: str) -> str:
+    """``task 1 (DWI), task 2 (DWI)``: which tasks a sequence flag belongs to, for ``--help``."""
+    return ", ".join(f"task {task.task_id} ({channel.name})" for task in TASKS.values() for channel in task.channels
+                     if flag in channel.stems)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="predict.py", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="fomo_challenge_predict", description=__doc__.split("\n\n")[0],
+        epilog="Tasks by flags: " + "; ".join(
+            f"task {t.task_id} ({t.target_name}): " + " ".join("--" + "|--".join(c.stems) for c in t.channels)
+            for t in TASKS.values()))
     for flag in SEQUENCE_FLAGS:
-        parser.add_argument(f"--{flag}", type=Path, default=None, help=f"the session's {flag} image (.nii.gz)")
+        parser.add_argument(f"--{flag}", type=Path, default=None,
+                            help=f"the session's {flag} image (.nii.gz); {tasks_of_flag(flag)}")
     parser.add_argument("--output", type=Path, required=True,
                         help="file to write: /output/sub_<N>.txt (tasks 1, 3) or /output/sub_<N>.nii.gz (task 2)")
     parser.add_argument("--model-dir", type=Path, default=Path(os.environ.get(MODEL_DIR_ENV, DEFAULT_MODEL_DIR)),
                         help=f"folder holding task<N>/ model folders (default: ${MODEL_DIR_ENV} or {DEFAULT_MODEL_DIR})")
-    parser.add_argument("--checkpoint", default=DEFAULT_CHECKPOINT, help="checkpoint file of each fold")
+    parser.add_argument("--checkpoint", default=None,
+                        help="checkpoint file of each fold (default: the exported manifest's, else "
+                             f"{DEFAULT_CHECKPOINT})")
     parser.add_argument("--device", default=default_device(), choices=("cuda", "cpu"),
                         help="device to predict on (default: cuda when available)")
+    parser.add_argument("--nan-to-zero", action="store_true",
+                        help="replace NaN/Inf voxels by 0 (and say so) instead of refusing the session")
+    parser.add_argument("--empty-mask", choices=(EMPTY_MASK_KEEP, EMPTY_MASK_ERROR), default=EMPTY_MASK_KEEP,
+                        help="task 2, a mask without foreground: keep it with a warning (the challenge scores it; its "
+                             "validator's {0, 1} check reports it), or remove it and exit with status "
+                             f"{EXIT_EMPTY_MASK} (default: %(default)s)")
     return parser
 
 
@@ -116,6 +171,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
     files = {flag: getattr(args, flag) for flag in SEQUENCE_FLAGS if getattr(args, flag) is not None}
-    written = predict_session(files, args.output, args.model_dir, args.checkpoint, torch.device(args.device))
+    try:
+        written = predict_session(files, args.output, args.model_dir, args.checkpoint, torch.device(args.device),
+                                  args.nan_to_zero, args.empty_mask)
+    except EmptyMask as e:
+        print(f"error: {e}", file=sys.stderr)
+        return EXIT_EMPTY_MASK
     log.info("wrote %s", written)
     return 0

@@ -16,6 +16,7 @@ import numpy as np
 
 from nnunet_ext.errors import FomoInputError, cli_entry
 from nnunet_ext.inference.predict import CASE_COLUMN, ENSEMBLE_COLUMN, read_prediction_records, write_records
+from nnunet_ext.utils.files import require_output_folder
 
 log = logging.getLogger(__name__)
 
@@ -47,11 +48,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 @cli_entry
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
     if len(args.inputs) < 2:
-        raise FomoInputError("an ensemble needs at least two inputs")
+        parser.error("argument -i/--inputs: an ensemble needs at least two inputs")
     records = ensemble_records(args.inputs)
-    write_records(args.output, records)
+    write_records(require_output_folder(args.output), records)
     log.info("averaged %d model(s) over %d case(s) into %s", len(args.inputs), len(records), args.output)
     return 0

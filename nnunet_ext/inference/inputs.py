@@ -33,6 +33,14 @@ from nnunet_ext.dataset_conversion.fomo_reader import (
     orientation_of,
     to_ras,
 )
+from nnunet_ext.dataset_conversion.image_checks import (
+    apply_nan_rule,
+    check_intensities,
+    is_nifti,
+    load_checked_nifti,
+    nonfinite_voxels_in_file,
+    spatial_shape,
+)
 from nnunet_ext.dataset_conversion.tasks import FOMO_KEY, TaskSpec, get_task
 from nnunet_ext.errors import FomoInputError
 
@@ -72,13 +80,32 @@ def task_of(dataset_json: Mapping, source: Path) -> TaskSpec:
 
 @dataclass(frozen=True)
 class NnunetCase:
-    """A case of an nnU-Net-style folder: ``<case>_0000.nii.gz``, ``<case>_0001.nii.gz``, ..."""
+    """A case of an nnU-Net-style folder: ``<case>_0000.nii.gz``, ``<case>_0001.nii.gz``, ...
+
+    Its files pass the checks every command applies (``image_checks``): geometry, one shape for all channels, the
+    NaN/Inf rule; an all-zero channel is what ``fomo_convert`` writes for a missing modality, and is predicted so.
+    """
 
     case_id: str
     files: Tuple[str, ...]
+    nan_to_zero: bool = False
 
     def read(self, reader: BaseReaderWriter) -> Tuple[np.ndarray, dict]:
-        return reader.read_images(self.files)
+        paths = [Path(f) for f in self.files]
+        niftis = {path: load_checked_nifti(path) for path in paths if is_nifti(path)}
+        shapes = {path: spatial_shape(nifti.shape, path) for path, nifti in niftis.items()}
+        if len(set(shapes.values())) > 1:
+            listed = ", ".join(f"{path.name} {list(shape)}" for path, shape in shapes.items())
+            raise FomoInputError(f"case {self.case_id}: its channels differ in shape ({listed})", paths[0].parent)
+        try:
+            images, properties = reader.read_images(self.files)
+        except RuntimeError as e:  # nnU-Net's readers refuse inconsistent channels with a bare RuntimeError
+            raise FomoInputError(f"case {self.case_id}: {e}", paths[0].parent) from None
+        for channel, path in zip(images, paths):
+            if path in niftis:  # the reader has already turned them into zeros, which are no longer visible
+                apply_nan_rule(nonfinite_voxels_in_file(niftis[path]), path, self.nan_to_zero)
+            check_intensities(channel, path, self.nan_to_zero, zero_means_missing=True)
+        return images, properties
 
 
 @dataclass(frozen=True)
@@ -195,18 +222,22 @@ def session_from_files(case_id: str, files: Mapping[str, Path], dataset_json: Ma
     return FomoSessionCase(layout, case, model_channels(dataset_json), nan_to_zero)
 
 
-def nnunet_folder_cases(folder: Path, dataset_json: Mapping) -> List[NnunetCase]:
-    """The cases of an nnU-Net-style folder, each with one file per model channel."""
+def nnunet_folder_cases(folder: Path, dataset_json: Mapping, nan_to_zero: bool = False) -> List[NnunetCase]:
+    """The cases of an nnU-Net-style folder, each with exactly the files ``_0000`` .. ``_<C-1>`` of the model's C
+    channels (nnU-Net itself would take any numbers in sorted order, e.g. ``_0004`` as the fourth channel)."""
     file_ending = dataset_json["file_ending"]
     lists = create_lists_from_splitted_dataset_folder(str(folder), file_ending, num_processes=LISTING_PROCESSES)
-    n_channels = len(model_channels(dataset_json))
+    channels = model_channels(dataset_json)
+    expected = [f"_{index:04d}{file_ending}" for index in range(len(channels))]
     cases = []
     for files in lists:
         case_id = Path(files[0]).name[: -(len(file_ending) + CHANNEL_SUFFIX_LENGTH)]
-        if len(files) != n_channels:
-            raise FomoInputError(f"case {case_id} has {len(files)} channel file(s), the model expects {n_channels} "
-                                 f"({', '.join(model_channels(dataset_json))})", folder)
-        cases.append(NnunetCase(case_id, tuple(files)))
+        suffixes = [Path(f).name[len(case_id):] for f in files]
+        if suffixes != expected:
+            raise FomoInputError(f"case {case_id} has channel files {', '.join(case_id + x for x in suffixes)}; the "
+                                 f"model's {len(channels)} channels ({', '.join(channels)}) need exactly "
+                                 f"{', '.join(case_id + x for x in expected)}", folder)
+        cases.append(NnunetCase(case_id, tuple(files), nan_to_zero))
     return cases
 
 
@@ -217,7 +248,7 @@ def discover_cases(folder: Path, dataset_json: Mapping, nan_to_zero: bool = Fals
     if (folder / IMAGES_DIR).is_dir():
         cases: List[CaseSource] = list(fomo_folder_cases(folder, dataset_json, nan_to_zero))
     else:
-        cases = list(nnunet_folder_cases(folder, dataset_json))
+        cases = list(nnunet_folder_cases(folder, dataset_json, nan_to_zero))
     if not cases:
         raise FomoInputError(f"no cases found: expected <case>_0000{dataset_json['file_ending']} files or a FOMO "
                              f"task folder with {IMAGES_DIR}/sub_<N>/", folder)

@@ -39,7 +39,8 @@ from nnunet_ext.preprocessing.registration import register_with_nnunet
 from nnunet_ext.trainers.case_validation import forward_whole_case
 from nnunet_ext.trainers.classification import POSITIVE_CLASS
 from nnunet_ext.trainers.regression import standardiser_of
-from nnunet_ext.utils.files import atomic_write_json, atomic_write_text
+from nnunet_ext.utils.arguments import fold
+from nnunet_ext.utils.files import atomic_write_json, atomic_write_text, require_output_folder
 
 log = logging.getLogger(__name__)
 
@@ -164,19 +165,30 @@ def write_records(output_dir: Path, records: Sequence[Mapping[str, object]], ste
 
 
 def read_prediction_records(path: Path) -> List[Dict[str, object]]:
-    """The records of a ``predictions.json`` (or of the one inside a ``fomo_predict`` output folder)."""
+    """The records of a ``predictions.json`` (or of the one inside a ``fomo_predict`` output folder), each with a
+    case id and finite numbers for the ensemble and every fold; anything else is refused naming the file and case."""
     path = path / PREDICTIONS_JSON if path.is_dir() else path
     if not path.is_file():
         raise FomoInputError(f"no {PREDICTIONS_JSON} here", path)
-    records = json.loads(path.read_text())
-    if not isinstance(records, list) or not all(CASE_COLUMN in r and ENSEMBLE_COLUMN in r for r in records):
+    try:
+        records = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise FomoInputError(f"not valid JSON ({e}): truncated or not written by fomo_predict?", path) from None
+    if not isinstance(records, list) or not all(isinstance(r, dict) and CASE_COLUMN in r and ENSEMBLE_COLUMN in r
+                                                for r in records):
         raise FomoInputError(f"expected a list of records with '{CASE_COLUMN}' and '{ENSEMBLE_COLUMN}'", path)
+    for record in records:
+        for column, value in record.items():
+            if column == CASE_COLUMN:
+                continue
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not np.isfinite(value):
+                raise FomoInputError(f"case {record[CASE_COLUMN]}: {column} is {value!r}, not a finite number", path)
     return records
 
 
 def predict_cases(ensemble: FoldEnsemble, cases: Sequence[CaseSource], output_dir: Path) -> List[Path]:
     """Predict ``cases`` into ``output_dir``; returns the files written (masks, or the two predictions files)."""
-    output_dir.mkdir(parents=True, exist_ok=True)
+    require_output_folder(output_dir)
     if ensemble.task_type == SEGMENTATION:
         return [ensemble.segment(*ensemble.preprocess(case), output_dir / case.case_id)
                 for case in tqdm(cases, desc="segmenting")]
@@ -194,6 +206,17 @@ def predict_folder(input_dir: Path, output_dir: Path, model_folder: Path, folds:
     return predict_cases(ensemble, cases, output_dir)
 
 
+def add_model_arguments(parser: argparse.ArgumentParser, folds_help: str) -> None:
+    """The options that name a trained model, as nnU-Net's commands name them: -d -tr -p -c -f -chk."""
+    parser.add_argument("-d", "--dataset", required=True, help="dataset name or id the model was trained on")
+    parser.add_argument("-tr", "--trainer", required=True, help="trainer class, e.g. FomoClassificationTrainer")
+    parser.add_argument("-p", "--plans", default=DEFAULT_PLANS, help="plans identifier")
+    parser.add_argument("-c", "--configuration", default=DEFAULT_CONFIGURATION, help="nnU-Net configuration")
+    parser.add_argument("-f", "--folds", nargs="+", type=fold, default=parse_folds(DEFAULT_FOLDS), help=folds_help)
+    parser.add_argument("-chk", "--checkpoint", default=DEFAULT_CHECKPOINT,
+                        help="checkpoint file of each fold, e.g. checkpoint_best.pth")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="fomo_predict", description=__doc__.split("\n\n")[0],
@@ -203,19 +226,13 @@ def build_parser() -> argparse.ArgumentParser:
                              "(preprocessed/sub_<N>/[ses_<M>/]<modality>.nii.gz)")
     parser.add_argument("-o", "--output", type=Path, required=True,
                         help="output folder: masks (segmentation) or predictions.csv/.json (classification, regression)")
-    parser.add_argument("-d", "--dataset", required=True, help="dataset name or id the model was trained on")
-    parser.add_argument("-tr", "--trainer", required=True, help="trainer class, e.g. FomoClassificationTrainer")
-    parser.add_argument("-p", "--plans", default=DEFAULT_PLANS, help="plans identifier")
-    parser.add_argument("-c", "--configuration", default=DEFAULT_CONFIGURATION, help="nnU-Net configuration")
-    parser.add_argument("-f", "--folds", nargs="+", default=list(DEFAULT_FOLDS),
-                        help="folds whose models are averaged (integers, or 'all')")
-    parser.add_argument("-chk", "--checkpoint", default=DEFAULT_CHECKPOINT,
-                        help="checkpoint file of each fold, e.g. checkpoint_best.pth")
+    add_model_arguments(parser, "folds whose models are averaged (integers, or 'all')")
     parser.add_argument("-device", "--device", default="cuda", choices=("cuda", "cpu", "mps"),
                         help="device to predict on")
     parser.add_argument("--disable_tta", action="store_true", help="no mirroring test-time augmentation (faster)")
     parser.add_argument("--nan-to-zero", action="store_true",
-                        help="FOMO folders: replace NaN/Inf voxels by 0 instead of stopping (as fomo_convert's flag)")
+                        help="replace NaN/Inf voxels by 0 (and say so) instead of refusing the case, as "
+                             "fomo_convert's flag")
     return parser
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import functools
+import json
 import logging
 from pathlib import Path
 from typing import Optional, Sequence
@@ -22,7 +23,7 @@ from nnunetv2.experiment_planning.plan_and_preprocess_api import (
     plan_experiment_dataset,
     preprocess_dataset,
 )
-from nnunetv2.paths import nnUNet_preprocessed
+from nnunetv2.paths import nnUNet_preprocessed, nnUNet_raw
 from nnunetv2.utilities.dataset_name_id_conversion import convert_id_to_dataset_name
 
 from nnunet_ext.errors import FomoInputError, cli_entry
@@ -34,11 +35,13 @@ from nnunet_ext.preprocessing.planner import (
     PRETRAINING_SPACING_MM,
     FomoPlanner,
     FomoPlanSettings,
+    check_checkpoint_fits,
     validate_patch_size,
     validate_spacing,
 )
 from nnunet_ext.preprocessing.registration import register_with_nnunet
 from nnunet_ext.pretrained.key_mapping import CHANNEL_ADAPTATIONS, DEFAULT_CHANNEL_ADAPTATION
+from nnunet_ext.utils.arguments import int_at_least, positive_float
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +57,8 @@ def fomo_plan_and_preprocess(dataset_id: int, settings: FomoPlanSettings = FomoP
         dataset_name = convert_id_to_dataset_name(dataset_id)
     except RuntimeError as e:  # nnU-Net's "could not find a dataset with the ID ..."
         raise FomoInputError(str(e)) from None
+    dataset_json_path = Path(nnUNet_raw, dataset_name, "dataset.json")
+    check_checkpoint_fits(settings, json.loads(dataset_json_path.read_text()), dataset_json_path)
     # preprocessing, here and in the workers it spawns, must find our normalisation scheme
     register_with_nnunet()
     extract_fingerprint_dataset(dataset_id, DatasetFingerprintExtractor, num_processes,
@@ -74,7 +79,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-d", "--dataset", type=int, required=True, help="dataset ID in nnUNet_raw")
     parser.add_argument("-c", "--configuration", choices=[FULLRES], default=FULLRES,
                         help="configuration to plan; FOMO plans hold 3d_fullres only")
-    parser.add_argument("--spacing", type=float, nargs="+", metavar="MM",
+    parser.add_argument("--spacing", type=positive_float, nargs="+", metavar="MM",
                         help="target spacing in mm: one value (isotropic) or three in nnU-Net's array axis order "
                              "(default: 1, the pretraining's; e.g. 2 for CPU budgets and quick experiments, with a "
                              "warning, since the encoder was pretrained at 1 mm)")
@@ -106,7 +111,7 @@ def build_parser() -> argparse.ArgumentParser:
                              "contrasts, in which e.g. T1 and T2 cancel) or copy (the kernel on every channel)")
     parser.add_argument("--plans-name", default=DEFAULT_PLANS_NAME,
                         help=f"plans identifier (default {DEFAULT_PLANS_NAME!r}, what nnUNetv2_train uses without -p)")
-    parser.add_argument("-np", "--num-processes", type=int, default=default_num_processes,
+    parser.add_argument("-np", "--num-processes", type=int_at_least(1), default=default_num_processes,
                         help="processes for fingerprinting and preprocessing (default: nnUNet_def_n_proc or 8)")
     parser.add_argument("--verify_dataset_integrity", action="store_true",
                         help="run nnU-Net's dataset integrity check first")

@@ -17,25 +17,29 @@ never less than :data:`MIN_PATCH_EDGE` per axis. ``--patch-size`` overrides it.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
+import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
+import torch
 from nnunetv2.experiment_planning.experiment_planners.default_experiment_planner import ExperimentPlanner
+from nnunetv2.utilities.default_n_proc_DA import get_allowed_n_proc_DA
 
 from nnunet_ext.dataset_conversion.tasks import FOMO_KEY
 from nnunet_ext.errors import FomoInputError
 from nnunet_ext.networks import DECODER_LAYOUTS, FOMO_N_STAGES, MODEL_PRESETS, SEGMENTATION, TASK_TYPES
 from nnunet_ext.networks.heads import POOLINGS
-from nnunet_ext.networks.unet import DEFAULT_HEAD_POOL_LEVELS, DEFAULT_HEAD_POOLING, fomo_strides
+from nnunet_ext.networks.unet import DEFAULT_HEAD_POOL_LEVELS, DEFAULT_HEAD_POOLING, FomoUNet, fomo_strides
 from nnunet_ext.preprocessing.fomo_plans import FOMO_PLANS_KEY, FomoPlansBlock, HeadSpec, PretrainedSpec
 from nnunet_ext.preprocessing.normalization import FomoPretrainingNormalization
 from nnunet_ext.pretrained import load_fomo_state_dict, sha256_of_file
 from nnunet_ext.pretrained.fomo_layout import detect_layout
-from nnunet_ext.pretrained.key_mapping import CHANNEL_ADAPTATIONS, DEFAULT_CHANNEL_ADAPTATION
+from nnunet_ext.pretrained.key_mapping import CHANNEL_ADAPTATIONS, DEFAULT_CHANNEL_ADAPTATION, transfer_fomo_weights
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +55,8 @@ MIN_PATCH_EDGE = 2 * PATCH_DIVISOR
 DEFAULT_PATCH_SIZE: Tuple[int, int, int] = (160, 192, 160)
 #: Cases per training batch (the FOMO baseline's and nnU-Net's minimum).
 BATCH_SIZE = 2
+#: nnU-Net's number of augmentation workers (see :func:`positive_augmentation_workers`).
+AUGMENTATION_WORKERS_ENV = "nnUNet_n_proc_DA"
 #: Dotted path nnU-Net resolves with ``pydoc.locate`` to build the network from the plans.
 NETWORK_CLASS_NAME = "nnunet_ext.networks.FomoUNet"
 
@@ -178,6 +184,46 @@ def pretrained_spec(settings: FomoPlanSettings) -> Optional[PretrainedSpec]:
     return PretrainedSpec(str(path), sha256_of_file(path), settings.model, settings.decoder_layout, settings.filters)
 
 
+def check_checkpoint_fits(settings: FomoPlanSettings, dataset_json: Dict[str, Any], path: Path) -> None:
+    """Refuse, before any preprocessing, a checkpoint the planned network cannot start from.
+
+    The transfer the trainers will make is tried here on the planned network (its channels, task, width and
+    decoder layout), and every weight must be finite: otherwise training would fail minutes later, inside nnU-Net's
+    worker processes.
+    """
+    if settings.pretrained is None:
+        return
+    state_dict = load_fomo_state_dict(settings.pretrained)[0]
+    nonfinite = [key for key, tensor in state_dict.items()
+                 if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all())]
+    if nonfinite:
+        raise FomoInputError(f"{len(nonfinite)} tensor(s) hold NaN/Inf weights, e.g. {nonfinite[:3]}",
+                             settings.pretrained)
+    task_type, num_outputs = task_from_dataset_json(dataset_json, path)
+    network = FomoUNet(len(dataset_json["channel_names"]), num_outputs, starting_filters=settings.filters,
+                       decoder_convs=DECODER_LAYOUTS[settings.decoder_layout], task_type=task_type,
+                       n_stages=FOMO_N_STAGES)
+    transfer_fomo_weights(network, state_dict, settings.channel_adaptation, checkpoint=settings.pretrained)
+
+
+@contextlib.contextmanager
+def positive_augmentation_workers() -> Iterator[None]:
+    """Plan with ``nnUNet_n_proc_DA`` of at least 1.
+
+    CPU users set ``nnUNet_n_proc_DA=0`` (augmentation in the training process); nnU-Net's planner passes that value
+    to ``torch.set_num_threads`` for its memory estimate, which then fails. Planning runs no augmentation, so the
+    value only needs to be a valid thread count while it runs.
+    """
+    saved = os.environ.get(AUGMENTATION_WORKERS_ENV)
+    if saved is not None and get_allowed_n_proc_DA() < 1:
+        os.environ[AUGMENTATION_WORKERS_ENV] = "1"
+    try:
+        yield
+    finally:
+        if saved is not None:
+            os.environ[AUGMENTATION_WORKERS_ENV] = saved
+
+
 class FomoPlanner(ExperimentPlanner):
     """nnU-Net's planner writing FOMO plans: 1 mm spacing, FomoUNet, our normalisation, 3d_fullres only.
 
@@ -202,6 +248,10 @@ class FomoPlanner(ExperimentPlanner):
         head = HeadSpec(self.settings.head_dropout, tuple(self.settings.head_pool_levels), self.settings.head_pooling)
         return FomoPlansBlock(task_type, num_outputs, head, pretrained_spec(self.settings),
                               FomoPretrainingNormalization.__name__, self.settings.channel_adaptation)
+
+    def plan_experiment(self) -> dict:
+        with positive_augmentation_workers():
+            return super().plan_experiment()
 
     def determine_fullres_target_spacing(self) -> np.ndarray:
         return np.array(self.settings.spacing, dtype=float)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -22,6 +23,9 @@ from nnunet_ext.utils.files import PathLike
 #: Hyper-parameters worth showing (FOMO's Lightning module saves these among others).
 HPARAMS_OF_INTEREST = ("model_name", "patch_size", "epochs", "warmup_epochs", "learning_rate", "optimizer",
                        "input_channels", "num_classes", "mask_ratio", "mask_patch_size")
+#: Exit status when the checkpoint was read but is unfit as it is (layout differs, NaN/Inf weights), like
+#: ``diff``'s 1 for "differences found"; 2 (refused input) is for files that cannot be read at all.
+EXIT_CHECKPOINT_UNFIT = 1
 #: How many differing keys the human-readable output lists per kind.
 _SHOWN_KEYS = 5
 
@@ -40,6 +44,8 @@ def inspect_checkpoint(path: PathLike, trust_checkpoint: bool = False) -> dict[s
         "tensors": len(source),
         "parameters": sum(tensor.numel() for tensor in source.values()),
         "keys_without_fomo_counterpart": our_extras,
+        "nonfinite_tensors": sorted(key for key, tensor in source.items()
+                                    if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all())),
         "hyper_parameters": {key: hyper_parameters[key] for key in HPARAMS_OF_INTEREST if key in hyper_parameters},
     }
     if layout is None:
@@ -83,6 +89,18 @@ def _task_compatibility(task_id: int, state_dict: Mapping[str, torch.Tensor], la
     return {**result, "can_initialise": True, "how": how}
 
 
+def checkpoint_problems(info: dict[str, Any]) -> list[str]:
+    """What makes a checkpoint unfit to start fine-tuning from as it is (empty: nothing)."""
+    problems = []
+    if not info["matches_fomo_layout"]:
+        kinds = ", ".join(f"{len(keys)} {kind}" for kind, keys in info["layout_differences"].items())
+        problems.append("not in the FOMO UNet layout" + (f" ({kinds})" if kinds else " (an unknown architecture)"))
+    if info["nonfinite_tensors"]:
+        problems.append(f"{len(info['nonfinite_tensors'])} tensor(s) hold NaN/Inf weights, e.g. "
+                        f"{info['nonfinite_tensors'][:3]}")
+    return problems
+
+
 def format_inspection(info: dict[str, Any]) -> str:
     """Human-readable lines for :func:`inspect_checkpoint`'s result."""
     lines = [
@@ -96,6 +114,8 @@ def format_inspection(info: dict[str, Any]) -> str:
         + (f", plus {len(info['keys_without_fomo_counterpart'])} of our own heads"
            if info["keys_without_fomo_counterpart"] else ""),
         f"FOMO layout:      {'exact match' if info['matches_fomo_layout'] else 'DIFFERS'}",
+        f"finite weights:   " + ("yes" if not info["nonfinite_tensors"] else
+                                 f"NO: {len(info['nonfinite_tensors'])} tensor(s) hold NaN/Inf"),
     ]
     for kind, keys in info["layout_differences"].items():
         more = f" and {len(keys) - _SHOWN_KEYS} more" if len(keys) > _SHOWN_KEYS else ""
@@ -114,7 +134,10 @@ def _parser() -> argparse.ArgumentParser:
     """The command line of ``fomo_inspect_checkpoint``."""
     parser = argparse.ArgumentParser(
         prog="fomo_inspect_checkpoint",
-        description="Show what a FOMO25 / nnU-Net checkpoint holds and which FOMO tasks it can initialise.")
+        description="Show what a FOMO25 / nnU-Net checkpoint holds and which FOMO tasks it can initialise. "
+                    f"Exit status: 0 when it is in the FOMO UNet layout with finite weights, {EXIT_CHECKPOINT_UNFIT} "
+                    "when the layout differs or weights are NaN/Inf (the report is printed all the same), 2 when "
+                    "it cannot be read.")
     parser.add_argument("checkpoint", type=Path,
                         help="Lightning .ckpt, bare state dict, or nnU-Net checkpoint_*.pth")
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of text")
@@ -131,4 +154,7 @@ def main(argv: list[str] | None = None) -> int:
     info = inspect_checkpoint(args.checkpoint, args.trust_checkpoint)
     # Hyper-parameters may hold tuples or numpy scalars: str() keeps them readable instead of failing.
     print(json.dumps(info, indent=2, default=str) if args.json else format_inspection(info))
-    return 0
+    problems = checkpoint_problems(info)
+    for problem in problems:
+        print(f"error: {args.checkpoint}: {problem}", file=sys.stderr)
+    return EXIT_CHECKPOINT_UNFIT if problems else 0

@@ -46,8 +46,8 @@ class DemoSchedule:
 #: the fine-tuning rate, which would barely move random weights in so few steps).
 DEMO_SCHEDULES: dict[str, DemoSchedule] = {
     SEGMENTATION: DemoSchedule(epochs=8, iterations=12, val_iterations=1, learning_rate=3e-3),
-    CLASSIFICATION: DemoSchedule(epochs=12, iterations=20, val_iterations=0, learning_rate=1e-3),
-    REGRESSION: DemoSchedule(epochs=20, iterations=20, val_iterations=0, learning_rate=1e-3),
+    CLASSIFICATION: DemoSchedule(epochs=8, iterations=20, val_iterations=0, learning_rate=1e-3),
+    REGRESSION: DemoSchedule(epochs=60, iterations=20, val_iterations=0, learning_rate=1e-3),
 }
 #: Lengths of the ``_<N>epochs`` variants.
 SHORT_SCHEDULE_EPOCHS = (5, 10, 50, 100, 250)

@@ -3,14 +3,23 @@
 from __future__ import annotations
 
 import contextlib
+import glob
 import json
+import logging
 import os
+import re
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Any, Iterator, Union
+from typing import Any, Iterator, List, Union
+
+from nnunet_ext.errors import FomoInputError
+
+log = logging.getLogger(__name__)
 
 PathLike = Union[str, Path]
+#: Ending of a folder being built by :func:`atomic_directory`.
+PARTIAL_SUFFIX = ".partial"
 
 
 def _umask() -> int:
@@ -27,6 +36,17 @@ def _default_file_mode() -> int:
 def _default_dir_mode() -> int:
     """The mode ``mkdir`` would give a new folder (mkdtemp makes 0700 ones)."""
     return 0o777 & ~_umask()
+
+
+def require_output_folder(path: PathLike) -> Path:
+    """``path`` as a folder to write into, refusing one that (or whose parent) is a file; created if missing."""
+    path = Path(path)
+    for part in (path, *path.parents):
+        if part.exists() and not part.is_dir():
+            raise FomoInputError("output path is a file, not a folder: choose another" if part == path else
+                                 f"cannot create the output folder {path}: {part} is a file", part)
+    path.mkdir(parents=True, exist_ok=True)
+    return path
 
 
 def atomic_write_text(path: PathLike, text: str) -> None:
@@ -57,6 +77,55 @@ def atomic_write_json(path: PathLike, obj: Any, indent: int = 2) -> None:
     atomic_write_text(path, json.dumps(obj, indent=indent, sort_keys=False) + "\n")
 
 
+def _partial_prefix(final: Path, pid: int) -> str:
+    return f".{final.name}.{pid}."
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
+
+
+def remove_stale_partials(final: Path) -> List[Path]:
+    """Remove the half-built folders of ``final`` left by runs that were killed (SIGKILL, power loss); returns them.
+
+    A partial folder names the process that builds it: one whose process still runs is left alone, with a warning.
+    """
+    removed = []
+    for partial in sorted(final.parent.glob(f".{glob.escape(final.name)}.*{PARTIAL_SUFFIX}")):
+        match = re.fullmatch(rf"\.{re.escape(final.name)}\.(\d+)\..*{re.escape(PARTIAL_SUFFIX)}", partial.name)
+        if match and _process_alive(int(match.group(1))) and int(match.group(1)) != os.getpid():
+            log.warning("%s is being built by process %s; leaving it alone", partial, match.group(1))
+            continue
+        log.warning("removing %s, left by an interrupted run", partial)
+        shutil.rmtree(partial, ignore_errors=True)
+        removed.append(partial)
+    return removed
+
+
+def _new_partial(final: Path) -> Path:
+    """A fresh partial folder beside ``final``, named by this process, once stale ones are removed."""
+    remove_stale_partials(final)
+    return Path(tempfile.mkdtemp(dir=final.parent, prefix=_partial_prefix(final, os.getpid()), suffix=PARTIAL_SUFFIX))
+
+
+def _move_into_place(source: Path, target: Path) -> None:
+    """Rename ``source`` to ``target``; an existing folder there is moved aside first and removed only afterwards."""
+    if not (target.is_dir() and not target.is_symlink()):
+        os.replace(source, target)
+        return
+    old = target.with_name(f".{target.name}.old")
+    shutil.rmtree(old, ignore_errors=True)
+    os.replace(target, old)
+    os.replace(source, target)
+    shutil.rmtree(old, ignore_errors=True)
+
+
 @contextlib.contextmanager
 def atomic_directory(final: PathLike, overwrite: bool = False) -> Iterator[Path]:
     """Build a folder under a temporary name beside ``final`` and rename it into place on success.
@@ -68,18 +137,33 @@ def atomic_directory(final: PathLike, overwrite: bool = False) -> Iterator[Path]
     if final.exists() and not overwrite:
         raise FileExistsError(f"{final} exists; pass --overwrite to replace it")
     final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=final.parent, prefix=f".{final.name}.", suffix=".partial"))
+    tmp = _new_partial(final)
     try:
         yield tmp
         os.chmod(tmp, _default_dir_mode())
-        if final.exists():
-            old = final.with_name(f".{final.name}.old")
-            shutil.rmtree(old, ignore_errors=True)
-            os.replace(final, old)
-            os.replace(tmp, final)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, final)
+        _move_into_place(tmp, final)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+@contextlib.contextmanager
+def staged_directory(final: PathLike) -> Iterator[Path]:
+    """Write a command's output into a temporary folder beside ``final``; only on success move its entries into
+    ``final`` (created if missing), each replacing the entry of the same name.
+
+    A command that fails half-way (refused input, a crash, Ctrl-C) thus leaves no half-written output, and
+    whatever else ``final`` holds is never touched.
+    """
+    final = Path(final)
+    require_output_folder(final.parent)
+    if final.exists():
+        require_output_folder(final)
+    tmp = _new_partial(final)
+    try:
+        yield tmp
+        final.mkdir(exist_ok=True)
+        for entry in sorted(tmp.iterdir()):
+            _move_into_place(entry, final / entry.name)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)

@@ -1,0 +1,127 @@
+"""``fomo_export_submission``: gather exactly what the challenge container needs of one trained model.
+
+``MODEL_DIR/task<N>/`` receives the model's ``dataset.json`` and ``plans.json`` and the chosen checkpoint of each
+fold (``fold_X/<checkpoint>``), nothing else (no logs, no validation outputs), and a ``manifest.json`` naming the
+trainer, plans, configuration, folds and checkpoint with the sha256 of every file, the package version and the date.
+Running it once per task fills one ``MODEL_DIR`` for one image (``container/fomo25.def`` copies it to
+``/app/models``); the container then predicts with the manifest's folds and checkpoint.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import logging
+import shutil
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence, Union
+
+from nnunet_ext import __version__
+from nnunet_ext.dataset_conversion.tasks import TASKS
+from nnunet_ext.errors import FomoInputError, cli_entry
+from nnunet_ext.inference.inputs import task_of
+from nnunet_ext.inference.predict import (
+    DEFAULT_CHECKPOINT,
+    DEFAULT_CONFIGURATION,
+    DEFAULT_FOLDS,
+    DEFAULT_PLANS,
+    add_model_arguments,
+    parse_folds,
+    trained_model_folder,
+)
+from nnunet_ext.pretrained.checkpoint_io import sha256_of_file
+from nnunet_ext.utils.files import atomic_directory, atomic_write_json, require_output_folder
+
+log = logging.getLogger(__name__)
+
+MANIFEST = "manifest.json"
+#: The files of a trained model folder that prediction reads, besides each fold's checkpoint.
+MODEL_FILES = ("dataset.json", "plans.json")
+BYTES_PER_MB = 1024 ** 2
+
+
+def task_folder(model_dir: Path, task_id: int) -> Path:
+    """``MODEL_DIR/task<N>``: where the container looks for task N's model."""
+    return model_dir / f"task{task_id}"
+
+
+def read_manifest(folder: Path) -> Optional[dict]:
+    """The manifest of an exported model folder, or None for a model folder copied by hand."""
+    path = folder / MANIFEST
+    if not path.is_file():
+        return None
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise FomoInputError(f"not valid JSON ({e})", path) from None
+
+
+def files_to_export(model_folder: Path, folds: Sequence[Union[int, str]], checkpoint: str) -> List[str]:
+    """Paths (relative to the model folder) of what prediction needs, refusing a fold without its checkpoint."""
+    missing = [f for f in folds if not (model_folder / f"fold_{f}" / checkpoint).is_file()]
+    if missing:
+        raise FomoInputError(f"fold(s) {missing} have no {checkpoint}: train them first, or export other folds (-f)",
+                             model_folder)
+    absent = [name for name in MODEL_FILES if not (model_folder / name).is_file()]
+    if absent:
+        raise FomoInputError(f"not a complete nnU-Net model folder: {absent} missing", model_folder)
+    return [*MODEL_FILES, *(f"fold_{f}/{checkpoint}" for f in folds)]
+
+
+def export_submission(task_id: int, dataset: str, trainer: str, model_dir: Path, plans: str = DEFAULT_PLANS,
+                      configuration: str = DEFAULT_CONFIGURATION,
+                      folds: Sequence[Union[int, str]] = tuple(parse_folds(DEFAULT_FOLDS)),
+                      checkpoint: str = DEFAULT_CHECKPOINT) -> Path:
+    """Copy one trained model's prediction files into ``model_dir/task<task_id>/`` (replaced only once complete)."""
+    if task_id not in TASKS:
+        raise FomoInputError(f"unknown FOMO task {task_id}; expected one of {sorted(TASKS)}")
+    model_folder = trained_model_folder(dataset, trainer, plans, configuration)
+    dataset_json_path = model_folder / "dataset.json"
+    if not dataset_json_path.is_file():
+        raise FomoInputError("not a trained nnU-Net model folder: dataset.json missing", model_folder)
+    trained_for = task_of(json.loads(dataset_json_path.read_text()), dataset_json_path).task_id
+    if trained_for != task_id:
+        raise FomoInputError(f"holds a task {trained_for} model, not task {task_id}", model_folder)
+    files = files_to_export(model_folder, folds, checkpoint)
+    target = task_folder(require_output_folder(model_dir), task_id)
+    with atomic_directory(target, overwrite=True) as tmp:
+        hashes: Dict[str, str] = {}
+        for name in files:
+            (tmp / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(model_folder / name, tmp / name)
+            hashes[name] = sha256_of_file(tmp / name)
+        atomic_write_json(tmp / MANIFEST, {
+            "task_id": task_id, "dataset": model_folder.parent.name, "trainer": trainer, "plans": plans,
+            "configuration": configuration, "folds": list(folds), "checkpoint": checkpoint, "sha256": hashes,
+            "source": str(model_folder), "nnunet_ext_version": __version__,
+            "exported": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        })
+    return target
+
+
+def folder_size_mb(folder: Path) -> float:
+    return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file()) / BYTES_PER_MB
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="fomo_export_submission", description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument("--task", type=int, choices=sorted(TASKS), required=True,
+                        help="FOMO task the model was trained for (1 infarct, 2 meningioma, 3 brain age)")
+    add_model_arguments(parser, "folds to export; the container averages them")
+    parser.add_argument("-o", "--output", type=Path, required=True,
+                        help="MODEL_DIR: receives task<N>/ (replaced if present); one MODEL_DIR holds all three tasks")
+    return parser
+
+
+@cli_entry
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
+    target = export_submission(args.task, args.dataset, args.trainer, args.output, args.plans, args.configuration,
+                               args.folds, args.checkpoint)
+    print(f"exported task {args.task} ({len(args.folds)} fold(s), {args.checkpoint}) to {target}: "
+          f"{folder_size_mb(target):.1f} MB")
+    return 0
