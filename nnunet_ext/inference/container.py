@@ -116,7 +116,7 @@ def predict_session(files: Dict[str, Path], output: Path, model_root: Path, chec
     data, properties = ensemble.preprocess(session)
     if task.task_type == SEGMENTATION:
         mask = ensemble.segment(data, properties, output.parent / case_id)
-        if not np.any(sitk.GetArrayViewFromImage(sitk.ReadImage(str(mask)))):
+        if not np.any(sitk.GetArrayFromImage(sitk.ReadImage(str(mask)))):
             if empty_mask == EMPTY_MASK_ERROR:
                 mask.unlink()
                 raise EmptyMask(f"{mask}: the predicted mask is empty (--empty-mask error)")
