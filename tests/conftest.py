@@ -2,8 +2,14 @@
 
 from __future__ import annotations
 
+import importlib.metadata
+import multiprocessing
+import os
+import shutil
+import sys
+import tempfile
 from pathlib import Path
-from typing import Callable, Dict
+from typing import Callable, Dict, List
 
 import pytest
 from fomo_files import FomoTree
@@ -14,6 +20,42 @@ from nnunet_ext.dataset_conversion.synthetic import make_synthetic_dataset
 SYNTHETIC_SHAPE = (32, 32, 24)
 SYNTHETIC_CASES = 12
 NNUNET_ENV = ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results")
+#: Seconds a child process left behind by a failed test gets to end after SIGTERM, before SIGKILL.
+CHILD_TERMINATE_GRACE_S = 5
+GIB = 2 ** 30
+
+
+def machine_facts() -> List[str]:
+    """The machine facts behind failures seen on one machine only (e.g. CI): cores, free space, versions and any
+    nnU-Net variable already set in the environment (the tests set their own)."""
+    import torch
+
+    free = {folder: shutil.disk_usage(folder).free / GIB for folder in (tempfile.gettempdir(), "/dev/shm")
+            if os.path.isdir(folder)}
+    inherited = sorted(name for name in os.environ if name.startswith("nnUNet"))
+    return [f"nnunet_ext: python {sys.version.split()[0]}, torch {torch.__version__}, "
+            f"nnunetv2 {importlib.metadata.version('nnunetv2')}, {len(os.sched_getaffinity(0))} usable core(s)",
+            "free space: " + ", ".join(f"{folder} {gib:.1f} GiB" for folder, gib in free.items()),
+            f"nnU-Net variables inherited: {inherited or 'none'}"]
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    """Print :func:`machine_facts` first, even under ``-q`` (which hides pytest's own header)."""
+    reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+    for line in machine_facts():
+        reporter.write_line(line)
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """End worker processes that a failed training left running (nnU-Net's augmentation workers are not daemons):
+    the interpreter would otherwise wait for them at exit and the run would never end."""
+    children = multiprocessing.active_children()
+    for child in children:
+        child.terminate()
+    for child in children:
+        child.join(CHILD_TERMINATE_GRACE_S)
+        if child.is_alive():
+            child.kill()
 
 
 @pytest.fixture
