@@ -116,17 +116,23 @@ def check_intensities(array: np.ndarray, path: Path, nan_to_zero: bool, channel:
     Returns the number of NaN/Inf voxels set to 0 (only with ``nan_to_zero``; otherwise they are refused).
     """
     what = f"channel {channel} " if channel else ""
-    bad = ~np.isfinite(array)
-    count = int(bad.sum())
-    apply_nan_rule(count, path, nan_to_zero, what)
-    array[bad] = 0
-    if not np.any(array):
+    # Two passes over the voxels in the usual case: min and max propagate NaN and Inf, so finite extremes prove
+    # there are none; the voxel-wise scan runs only when they are not.
+    low, high = array.min(), array.max()
+    count = 0
+    if not (np.isfinite(low) and np.isfinite(high)):
+        bad = ~np.isfinite(array)
+        count = int(np.count_nonzero(bad))
+        apply_nan_rule(count, path, nan_to_zero, what)
+        array[bad] = 0
+        low, high = array.min(), array.max()
+    if low == high == 0:
         if zero_means_missing:
             log.warning("%s: %severy voxel is 0: predicted as a missing modality", path, what)
             return count
         raise FomoInputError(f"{what}every voxel is 0: no image (leave the file out to treat the modality as "
                              "missing)", path)
-    if array.min() == array.max():
+    if low == high:
         log.warning("%s: %severy voxel has the same value %g: a constant image carries no anatomy", path, what,
-                    float(array.flat[0]))
+                    float(low))
     return count
