@@ -25,6 +25,8 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:  # run as a script from a clone without installing
     sys.path.insert(0, str(REPO))
 
+from reporting import write_report  # noqa: E402  (beside this script)
+
 from nnunet_ext.utils.arguments import int_at_least  # noqa: E402
 
 #: nnU-Net dataset id of the benchmark's conversions (7xx: out of the way of real and demo datasets).
@@ -117,18 +119,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    from nnunet_ext.evaluation import json_safe
-    from nnunet_ext.utils.files import atomic_write_json
-
     args = build_parser().parse_args(argv)
     if args.quick:
         args.cases, args.shape, args.repeats = QUICK_CASES, QUICK_SHAPE, QUICK_REPEATS
     args.out.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=args.out) as work:
         report = run_benchmark(args.task, args.cases, args.shape, args.repeats, Path(work))
-    atomic_write_json(args.out / f"{RESULT_STEM}.json", json_safe(report))
-    print(format_table(report))
-    print(f"Wrote {args.out / (RESULT_STEM + '.json')}.")
+    write_report(args.out, RESULT_STEM, report, format_table(report))
     return 0
 
 

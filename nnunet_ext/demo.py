@@ -78,12 +78,13 @@ class TaskRecipe:
 
 
 #: 40 subjects hold out 8 for the test set (at least 8 test cases: second sessions add some), and leave 32 for
-#: the 5 folds. Brain age, a subtle whole-brain signal, gets 80 (training steps, not subjects, set the cost); its
-#: head pools the average as well as the maximum, since its signal is an amount (of CSF), not a presence.
+#: the 5 folds. Brain age, a subtle whole-brain signal, gets 160 (training steps, not subjects, set the cost: with
+#: 80 the same steps gave an MAE of 0.53 of the mean predictor's, with 160 0.44); its head pools the average as
+#: well as the maximum, since its signal is an amount (of CSF), not a presence.
 DEMO_RECIPES: Dict[int, TaskRecipe] = {
     1: TaskRecipe(cases=40, test_fraction=0.2, spacing_mm=2.0, head_pool_levels=(1, 2, 3, 4), head_pooling="max"),
     2: TaskRecipe(cases=40, test_fraction=0.2, spacing_mm=1.0),
-    3: TaskRecipe(cases=80, test_fraction=0.2, spacing_mm=2.0, head_pool_levels=(1, 2, 3, 4), head_pooling="avgmax"),
+    3: TaskRecipe(cases=160, test_fraction=0.2, spacing_mm=2.0, head_pool_levels=(1, 2, 3, 4), head_pooling="avgmax"),
 }
 
 

@@ -152,3 +152,31 @@ def test_an_empty_mask_is_kept_with_a_warning_or_refused_never_padded(choice: st
         assert np.unique(sitk.GetArrayFromImage(sitk.ReadImage(str(output)))).tolist() == [0]  # no voxel added
     else:
         assert not output.exists()
+
+
+def test_images_not_co_registered_are_resampled_onto_the_first_with_a_warning(trained_model, tmp_path: Path,
+                                                                              monkeypatch, caplog) -> None:
+    """The container answers for every subject: a FLAIR stored in another orientation (the same voxels, permuted to
+    RAS: the same physical space) is resampled onto the DWI's grid, said in the log, and predicted exactly as the
+    co-registered session; an image sharing no space with the first one is refused."""
+    model = trained_model("segmentation")
+    model_root(model, 2, tmp_path, monkeypatch)
+    files = session_files(model, 2, tmp_path / "input" / "ses_1")
+    assert run(files, tmp_path / "output" / "sub_1.nii.gz") == 0
+    other = tmp_path / "other" / "flair.nii.gz"
+    other.parent.mkdir()
+    sitk.WriteImage(to_ras(sitk.ReadImage(str(files["flair"]))), str(other))
+    caplog.clear()
+    assert run({**files, "flair": other}, tmp_path / "output" / "sub_2.nii.gz") == 0
+    assert f"{other}: orientation differs from dwi_b1000.nii.gz" in caplog.text
+    assert "not co-registered; resampled onto the grid of dwi_b1000.nii.gz" in caplog.text
+    masks = [sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / "output" / f"sub_{n}.nii.gz"))) for n in (1, 2)]
+    np.testing.assert_array_equal(masks[1], masks[0])
+
+    far = sitk.ReadImage(str(files["flair"]))
+    far.SetOrigin(tuple(o + 1000.0 for o in far.GetOrigin()))  # a metre away: no voxel in common
+    sitk.WriteImage(far, str(other))
+    with pytest.raises(SystemExit) as exit_info:
+        run({**files, "flair": other}, tmp_path / "output" / "sub_3.nii.gz")
+    assert exit_info.value.code == EXIT_BAD_INPUT
+    assert not (tmp_path / "output" / "sub_3.nii.gz").exists()

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import stat
 import subprocess
 import sys
@@ -14,11 +15,13 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pytest
+import torch
 from test_container import TASK_FLAGS, TASK_TYPES, session_files
 from trained_models import FOLDS, NNUNET_DIRS, TrainedModel, use_model
 
 from nnunet_ext.errors import EXIT_BAD_INPUT
-from nnunet_ext.inference.submission import MANIFEST, main as export_main
+from nnunet_ext.inference.submission import MANIFEST, PREDICTION_CHECKPOINT_KEYS
+from nnunet_ext.inference.submission import main as export_main
 
 REPO = Path(__file__).resolve().parents[1]
 PREDICT_PY = REPO / "container" / "predict.py"
@@ -76,6 +79,28 @@ def test_export_holds_exactly_what_prediction_needs(trained_model, tmp_path, mon
     assert manifest["trainer"] == model.trainer and manifest["folds"] == list(FOLDS)
     assert sorted(manifest["sha256"]) == sorted(set(files) - {MANIFEST})
     assert all(len(digest) == 64 for digest in manifest["sha256"].values())
+    for fold in FOLDS:  # only what the predictor reads, the weights unchanged; the optimizer state stays behind
+        exported = torch.load(folder / f"fold_{fold}/checkpoint_final.pth", weights_only=False)
+        trained = torch.load(model.model_folder / f"fold_{fold}/checkpoint_final.pth", weights_only=False)
+        assert sorted(exported) == sorted(PREDICTION_CHECKPOINT_KEYS) and "optimizer_state" in trained
+        assert exported["network_weights"].keys() == trained["network_weights"].keys()
+        assert all(torch.equal(exported["network_weights"][k], v) for k, v in trained["network_weights"].items())
+        assert exported["trainer_name"] == trained["trainer_name"] == model.trainer
+
+
+def test_export_refuses_an_unreadable_checkpoint(trained_model, tmp_path, monkeypatch, capsys):
+    model = trained_model("classification")
+    broken = tmp_path / "broken_model"
+    shutil.copytree(model.model_folder, broken)
+    checkpoint = broken / "fold_1" / "checkpoint_final.pth"
+    checkpoint.write_bytes(checkpoint.read_bytes()[:1000])  # a copy cut short
+    monkeypatch.setattr("nnunet_ext.inference.submission.trained_model_folder", lambda *args: broken)
+    with pytest.raises(SystemExit) as exit_info:
+        export_main(["--task", "1", "-d", model.dataset_id, "-tr", model.trainer, "-f", *map(str, FOLDS),
+                     "-o", str(tmp_path / "models")])
+    assert exit_info.value.code == EXIT_BAD_INPUT
+    assert f"{checkpoint}: unreadable checkpoint" in capsys.readouterr().err
+    assert not (tmp_path / "models" / "task1").exists()
 
 
 @pytest.mark.parametrize("argv, message", [

@@ -153,15 +153,18 @@ def case_target(layout: FomoLayout, case: FomoCase) -> float:
     return read_target(case.label, layout.task)
 
 
-def case_images(layout: FomoLayout, case: FomoCase, nan_to_zero: bool) -> Tuple[Dict[str, sitk.Image], int]:
-    """The case's present channels on the grid of its first one, and how many NaN/Inf voxels were zeroed."""
+def case_images(layout: FomoLayout, case: FomoCase, nan_to_zero: bool,
+                require_co_registered: bool = True) -> Tuple[Dict[str, sitk.Image], int]:
+    """The case's present channels on the grid of its first one, and how many NaN/Inf voxels were zeroed.
+
+    ``require_co_registered``: see :func:`~nnunet_ext.dataset_conversion.fomo_reader.onto_grid`."""
     images, nonfinite = {}, 0
     for channel, image in layout.read_images(case).items():
         images[channel], count = checked_intensities(image, case.images[channel], nan_to_zero, channel)
         nonfinite += count
     reference_channel = next(iter(images))
     reference, reference_path = images[reference_channel], case.images[reference_channel]
-    aligned = {c: onto_grid(image, case.images[c], reference, reference_path, sitk.sitkLinear)
+    aligned = {c: onto_grid(image, case.images[c], reference, reference_path, sitk.sitkLinear, require_co_registered)
                for c, image in images.items()}
     return aligned, nonfinite
 

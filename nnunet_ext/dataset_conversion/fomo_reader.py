@@ -253,28 +253,34 @@ def same_grid(a: sitk.Image, b: sitk.Image) -> bool:
     )
 
 
-def onto_grid(image: sitk.Image, path: Path, reference: sitk.Image, reference_path: Path, interpolator: int) -> sitk.Image:
-    """``image`` on the grid of ``reference``: unchanged when the grids agree, resampled when they differ slightly.
+def onto_grid(image: sitk.Image, path: Path, reference: sitk.Image, reference_path: Path, interpolator: int,
+              require_co_registered: bool = True) -> sitk.Image:
+    """``image`` on the grid of ``reference``: unchanged when the grids agree, resampled (in world coordinates) when
+    they differ.
 
-    Refuses images that are not co-registered with the reference (orientation or field of view too different).
+    ``require_co_registered``: refuse an image whose orientation or field of view is too different from the
+    reference's to be the same session's co-registered scan (conversion: training data must be clean). Otherwise
+    (the challenge container, which must answer for every subject) such an image is resampled all the same with a
+    warning; only an image sharing no physical space with the reference is refused, as it would become all zeros.
     """
     if same_grid(image, reference):
         return image
     deviation = float(np.max(np.abs(np.subtract(image.GetDirection(), reference.GetDirection()))))
-    if deviation > MAX_DIRECTION_DEVIATION:
-        raise FomoInputError(
-            f"orientation differs from {reference_path.name} (direction cosines differ by {deviation:.3f} > "
-            f"{MAX_DIRECTION_DEVIATION}): not co-registered",
-            path,
-        )
     overlap = field_of_view_overlap(image, reference)
+    problems = []
+    if deviation > MAX_DIRECTION_DEVIATION:
+        problems.append(f"orientation differs from {reference_path.name} (direction cosines differ by "
+                        f"{deviation:.3f} > {MAX_DIRECTION_DEVIATION})")
     if overlap < MIN_FIELD_OF_VIEW_OVERLAP:
-        raise FomoInputError(
-            f"field of view differs from {reference_path.name} (overlap {overlap:.2f} < {MIN_FIELD_OF_VIEW_OVERLAP}): "
-            "not co-registered",
-            path,
-        )
-    log.info("%s: resampled onto the grid of %s", path, reference_path.name)
+        problems.append(f"field of view differs from {reference_path.name} (overlap {overlap:.2f} < "
+                        f"{MIN_FIELD_OF_VIEW_OVERLAP})")
+    if problems and (require_co_registered or overlap == 0):
+        raise FomoInputError("; ".join(problems) + ": not co-registered", path)
+    if problems:
+        log.warning("%s: %s: not co-registered; resampled onto the grid of %s in world coordinates all the same",
+                    path, "; ".join(problems), reference_path.name)
+    else:
+        log.info("%s: resampled onto the grid of %s", path, reference_path.name)
     return sitk.Resample(image, reference, sitk.Transform(), interpolator, 0.0, image.GetPixelID())
 
 

@@ -116,6 +116,9 @@ class FomoSessionCase:
     case: FomoCase
     channels: Tuple[str, ...]
     nan_to_zero: bool
+    #: False for the container's single sessions: images that are not co-registered are resampled onto the first
+    #: one with a warning instead of refused (see ``fomo_reader.onto_grid``).
+    require_co_registered: bool = True
 
     @property
     def case_id(self) -> str:
@@ -126,7 +129,7 @@ class FomoSessionCase:
         if not isinstance(reader, SimpleITKIO):
             raise FomoInputError(f"the model's plans read images with {type(reader).__name__}; FOMO folders can only "
                                  "be predicted by models whose plans use SimpleITKIO (as fomo_plan_and_preprocess does)")
-        images, _ = case_images(self.layout, self.case, self.nan_to_zero)
+        images, _ = case_images(self.layout, self.case, self.nan_to_zero, self.require_co_registered)
         images = {channel: to_ras(image) for channel, image in images.items()}  # as fomo_convert stores them
         reference = next(iter(images))
         properties = _reader_properties(reader, images[reference])
@@ -142,9 +145,10 @@ class FomoSessionCase:
 
 
 def _reader_properties(reader: BaseReaderWriter, image: sitk.Image) -> dict:
-    """The properties ``reader`` gives an in-memory image: nnU-Net reads files, so the image goes through one."""
+    """The properties ``reader`` gives an in-memory image: nnU-Net reads files, so the image goes through one,
+    uncompressed NIfTI (the same header; gzip made this about half a second of every brain-sized case)."""
     with tempfile.TemporaryDirectory() as folder:
-        path = os.path.join(folder, "reference.nii.gz")
+        path = os.path.join(folder, "reference.nii")
         sitk.WriteImage(image, path)
         return reader.read_images([path])[1]
 
@@ -203,7 +207,10 @@ def fomo_folder_cases(folder: Path, dataset_json: Mapping, nan_to_zero: bool) ->
 
 def session_from_files(case_id: str, files: Mapping[str, Path], dataset_json: Mapping,
                        nan_to_zero: bool = False) -> FomoSessionCase:
-    """One session given as ``{file stem (dwi_b1000, t2s, ...): path}``, as the challenge container receives it."""
+    """One session given as ``{file stem (dwi_b1000, t2s, ...): path}``, as the challenge container receives it.
+
+    The container must answer for every subject: images not co-registered with the first one are resampled onto it
+    (and logged), not refused as ``fomo_convert`` refuses them in training data."""
     task = task_of(dataset_json, next(iter(files.values())))
     images: Dict[str, Path] = {}
     for channel in task.channels:
@@ -219,7 +226,7 @@ def session_from_files(case_id: str, files: Mapping[str, Path], dataset_json: Ma
         raise FomoInputError(f"no task {task.task_id} image among {sorted(files)}")
     case = FomoCase(case_id, case_id, images, None)
     layout = UnlabelledNiftiLayout(next(iter(images.values())).parent, task)
-    return FomoSessionCase(layout, case, model_channels(dataset_json), nan_to_zero)
+    return FomoSessionCase(layout, case, model_channels(dataset_json), nan_to_zero, require_co_registered=False)
 
 
 def nnunet_folder_cases(folder: Path, dataset_json: Mapping, nan_to_zero: bool = False) -> List[NnunetCase]:

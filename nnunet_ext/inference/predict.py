@@ -104,10 +104,17 @@ class FoldEnsemble:
         self.task_type: str = task_of(self.dataset_json, model_folder).task_type
         self.device = device
 
+    def read(self, case: CaseSource) -> Tuple[np.ndarray, dict]:
+        """The case's raw images and reader properties, read with the plans' reader."""
+        return case.read(self.predictor.plans_manager.image_reader_writer_class())
+
     def preprocess(self, case: CaseSource) -> Tuple[np.ndarray, dict]:
         """The case preprocessed exactly as the training data (nnU-Net's preprocessor of the plans)."""
+        return self.preprocess_images(*self.read(case))
+
+    def preprocess_images(self, images: np.ndarray, properties: dict) -> Tuple[np.ndarray, dict]:
+        """Raw images (as :meth:`read` gives them) preprocessed by nnU-Net's preprocessor of the plans."""
         plans, configuration = self.predictor.plans_manager, self.predictor.configuration_manager
-        images, properties = case.read(plans.image_reader_writer_class())
         preprocessor = configuration.preprocessor_class(verbose=False)
         data, _, properties = preprocessor.run_case_npy(images, None, properties, plans, configuration,
                                                         self.dataset_json)
@@ -120,6 +127,7 @@ class FoldEnsemble:
         standardiser = standardiser_of(self.predictor.network)
         return float(standardiser.destandardise(output.to(standardiser.mean.device))[0])
 
+    @torch.inference_mode()  # no autograd graph: it would hold every activation of a brain-sized volume
     def case_level(self, data: np.ndarray) -> List[float]:
         """Each fold's prediction for one preprocessed case (classification or regression)."""
         network = self.predictor.network
@@ -134,14 +142,21 @@ class FoldEnsemble:
             values.append(self._decode(output))
         return values
 
-    def segment(self, data: np.ndarray, properties: dict, output_truncated: Path) -> Path:
-        """Write the fold-averaged segmentation of one preprocessed case to ``output_truncated`` + file ending."""
-        logits = self.predictor.predict_logits_from_preprocessed_data(torch.from_numpy(data)).cpu()
+    def segmentation_logits(self, data: np.ndarray) -> torch.Tensor:
+        """The fold-averaged logits of one preprocessed case (nnU-Net's sliding window), on the CPU."""
+        return self.predictor.predict_logits_from_preprocessed_data(torch.from_numpy(data)).cpu()
+
+    def write_segmentation(self, logits: torch.Tensor, properties: dict, output_truncated: Path) -> Path:
+        """Write the mask of ``logits`` in the case's original geometry to ``output_truncated`` + file ending."""
         export_prediction_from_logits(logits, properties, self.predictor.configuration_manager,
                                       self.predictor.plans_manager, self.dataset_json, str(output_truncated))
         mask = Path(f"{output_truncated}{self.dataset_json['file_ending']}")
         restore_source_geometry(mask, properties)
         return mask
+
+    def segment(self, data: np.ndarray, properties: dict, output_truncated: Path) -> Path:
+        """Write the fold-averaged segmentation of one preprocessed case to ``output_truncated`` + file ending."""
+        return self.write_segmentation(self.segmentation_logits(data), properties, output_truncated)
 
 
 def case_level_records(ensemble: FoldEnsemble, cases: Sequence[CaseSource]) -> List[Dict[str, Union[str, float]]]:

@@ -1,7 +1,9 @@
 """``fomo_export_submission``: gather exactly what the challenge container needs of one trained model.
 
 ``MODEL_DIR/task<N>/`` receives the model's ``dataset.json`` and ``plans.json`` and the chosen checkpoint of each
-fold (``fold_X/<checkpoint>``), nothing else (no logs, no validation outputs), and a ``manifest.json`` naming the
+fold (``fold_X/<checkpoint>``) with only what nnU-Net's predictor reads of it (:data:`PREDICTION_CHECKPOINT_KEYS`:
+no optimizer state, which is most of a training checkpoint's size and loading time), nothing else (no logs, no
+validation outputs), and a ``manifest.json`` naming the
 trainer, plans, configuration, folds and checkpoint with the sha256 of every file, the package version and the date.
 Running it once per task fills one ``MODEL_DIR`` for one image (``container/fomo25.def`` copies it to
 ``/app/models``); the container then predicts with the manifest's folds and checkpoint.
@@ -13,9 +15,12 @@ import argparse
 import datetime
 import json
 import logging
+import pickle
 import shutil
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Union
+
+import torch
 
 from nnunet_ext import __version__
 from nnunet_ext.dataset_conversion.tasks import TASKS
@@ -39,6 +44,12 @@ MANIFEST = "manifest.json"
 #: The files of a trained model folder that prediction reads, besides each fold's checkpoint.
 MODEL_FILES = ("dataset.json", "plans.json")
 BYTES_PER_MB = 1024 ** 2
+#: What nnU-Net's predictor reads of a checkpoint (``initialize_from_trained_model_folder``), and the epoch for
+#: provenance; the optimizer and grad-scaler state and the training log stay behind.
+PREDICTION_CHECKPOINT_KEYS = ("network_weights", "trainer_name", "init_args", "inference_allowed_mirroring_axes",
+                              "current_epoch")
+#: Keys without which nnU-Net's predictor cannot use a checkpoint (it defaults the mirroring axes when absent).
+REQUIRED_CHECKPOINT_KEYS = ("network_weights", "trainer_name", "init_args")
 
 
 def task_folder(model_dir: Path, task_id: int) -> Path:
@@ -69,6 +80,19 @@ def files_to_export(model_folder: Path, folds: Sequence[Union[int, str]], checkp
     return [*MODEL_FILES, *(f"fold_{f}/{checkpoint}" for f in folds)]
 
 
+def export_checkpoint(source: Path, target: Path) -> None:
+    """Write the prediction part of the training checkpoint ``source`` to ``target``."""
+    # nnU-Net's checkpoints hold plain Python objects beside tensors; nnU-Net loads them the same way
+    try:
+        checkpoint = torch.load(source, map_location="cpu", weights_only=False)
+    except (RuntimeError, EOFError, pickle.UnpicklingError) as e:  # torch's truncated-zip error is a RuntimeError
+        raise FomoInputError(f"unreadable checkpoint ({e})", source) from None
+    missing = [key for key in REQUIRED_CHECKPOINT_KEYS if key not in checkpoint]
+    if missing:
+        raise FomoInputError(f"not an nnU-Net training checkpoint: no {missing}", source)
+    torch.save({key: checkpoint[key] for key in PREDICTION_CHECKPOINT_KEYS if key in checkpoint}, target)
+
+
 def export_submission(task_id: int, dataset: str, trainer: str, model_dir: Path, plans: str = DEFAULT_PLANS,
                       configuration: str = DEFAULT_CONFIGURATION,
                       folds: Sequence[Union[int, str]] = tuple(parse_folds(DEFAULT_FOLDS)),
@@ -89,7 +113,10 @@ def export_submission(task_id: int, dataset: str, trainer: str, model_dir: Path,
         hashes: Dict[str, str] = {}
         for name in files:
             (tmp / name).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(model_folder / name, tmp / name)
+            if name in MODEL_FILES:
+                shutil.copy2(model_folder / name, tmp / name)
+            else:
+                export_checkpoint(model_folder / name, tmp / name)
             hashes[name] = sha256_of_file(tmp / name)
         atomic_write_json(tmp / MANIFEST, {
             "task_id": task_id, "dataset": model_folder.parent.name, "trainer": trainer, "plans": plans,

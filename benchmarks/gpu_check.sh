@@ -1,0 +1,41 @@
+#!/usr/bin/env bash
+# The GPU check (issue 11, item 6), under 8 minutes on one GPU: the three trainers a few epochs at the real size
+# (benchmarks/gpu_training.py: iterations per second, peak GPU memory, the validation metric), then the cost per
+# case of prediction (benchmarks/inference.py), each printing its table and writing JSON under OUT.
+#
+#   benchmarks/gpu_check.sh [--device cuda|cpu] [--quick] [--tasks N ...] [OUT]   (OUT: gpu_check_output)
+#
+# --device cpu --quick is the smoke run a test makes on machines without a GPU. Needs .venv/ (scripts/setup_env.sh).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+device=cuda
+out=gpu_check_output
+options=()
+tasks=()
+while [[ $# -gt 0 ]]; do
+    case "$1" in
+        --device) device="$2"; shift 2 ;;
+        --quick) options+=(--quick); shift ;;
+        --tasks) shift; while [[ $# -gt 0 && "$1" =~ ^[0-9]+$ ]]; do tasks+=("$1"); shift; done ;;
+        -h|--help) sed -n '2,8p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+        --*) echo "gpu_check.sh: unknown option $1 (see --help)" >&2; exit 2 ;;
+        *) out="$1"; shift ;;
+    esac
+done
+[[ ${#tasks[@]} -gt 0 ]] && options+=(--tasks "${tasks[@]}")
+python=.venv/bin/python
+if [[ ! -x "$python" ]]; then
+    echo "gpu_check.sh: no .venv/ here; run bash scripts/setup_env.sh first" >&2
+    exit 2
+fi
+if [[ "$device" == cuda ]]; then
+    nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
+fi
+started=$SECONDS
+"$python" benchmarks/gpu_training.py --device "$device" "${options[@]}" --out "$out/training"
+# on a GPU every configuration (5 folds x 8 mirrorings at most) is run, none derived
+direct=()
+[[ "$device" == cuda ]] && direct=(--max-direct-passes 40)
+"$python" benchmarks/inference.py --device "$device" "${options[@]}" "${direct[@]}" --out "$out/inference"
+echo "gpu_check.sh: done in $(( (SECONDS - started) / 60 )) min $(( (SECONDS - started) % 60 )) s; JSON under $out/"
