@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import logging
+import os
 import signal
 import sys
 import threading
@@ -32,17 +33,25 @@ class Terminated(SystemExit):
     (half-built folders are removed) before the process exits, as they do on Ctrl-C."""
 
 
-def _raise_terminated(signum: int, frame: object) -> None:
+def _raise_terminated(owner_pid: int, signum: int, frame: object) -> None:
+    if os.getpid() != owner_pid:
+        # A child forked inside the block (nnU-Net's and multiprocessing's fork pools) inherits the handler. Its
+        # parent ends it with SIGTERM (Pool.terminate) and waits: an exception would run the child's exit clean-up,
+        # which can block on the pool's locks, and the parent would wait forever. It dies as a child should.
+        signal.signal(signum, signal.SIG_DFL)
+        os.kill(os.getpid(), signum)
+        return
     raise Terminated(EXIT_SIGNAL_BASE + signum)
 
 
 @contextlib.contextmanager
 def terminate_gracefully() -> Iterator[None]:
-    """Turn SIGTERM into :class:`Terminated` while the block runs (in the main thread; elsewhere a no-op)."""
+    """Turn SIGTERM into :class:`Terminated` while the block runs (in the main thread; elsewhere a no-op), in this
+    process only: children forked meanwhile keep SIGTERM's default action."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-    previous = signal.signal(signal.SIGTERM, _raise_terminated)
+    previous = signal.signal(signal.SIGTERM, functools.partial(_raise_terminated, os.getpid()))
     try:
         yield
     finally:

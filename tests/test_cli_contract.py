@@ -4,6 +4,7 @@ error exits 2 with one line naming the file or option and what is wrong, no trac
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -104,3 +105,22 @@ def test_every_command_refuses_bad_input_with_one_line_and_status_2(case, tmp_pa
     errors = [line for line in done.stderr.splitlines() if "error: " in line]
     assert len(errors) == 1 and message in errors[0], done.stderr
     assert sorted(tmp_path.rglob("*")) == before  # nothing written
+
+
+def test_sigterm_ends_a_forked_child_as_by_default_and_raises_only_in_the_owner():
+    """nnU-Net forks worker pools inside our commands and ends them with SIGTERM (Pool.terminate); a child that
+    turned it into an exception ran its exit clean-up on the pool's locks and could hang its parent forever."""
+    import multiprocessing
+    import time
+
+    from nnunet_ext.errors import Terminated, terminate_gracefully
+
+    with terminate_gracefully():
+        child = multiprocessing.get_context("fork").Process(target=time.sleep, args=(60,))
+        child.start()
+        child.terminate()
+        child.join(timeout=10)
+        assert child.exitcode == -signal.SIGTERM  # killed by the signal, not exit status 143 from Terminated
+        with pytest.raises(Terminated):
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(5)  # the handler runs at the next bytecode; never reached
