@@ -30,7 +30,7 @@ if [[ ! -x "$python" ]]; then
     exit 2
 fi
 if [[ "$device" == cuda ]]; then
-    nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
+    nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || echo "gpu_check.sh: no nvidia-smi; torch names the GPU below"
 fi
 started=$SECONDS
 "$python" benchmarks/gpu_training.py --device "$device" "${options[@]}" --out "$out/training"

@@ -10,10 +10,12 @@ that grows with age.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+import shutil
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
+import pytest
 import SimpleITK as sitk
 from nnunetv2.run.run_training import run_training
 
@@ -128,6 +130,22 @@ def make_raw_dataset(dataset: CaseLevelDataset) -> None:
     (raw / "splits_final.json").write_text(json.dumps(splits, indent=2))
 
 
+def _use_folders(root: Path, monkeypatch) -> None:
+    """nnU-Net's folders under ``root``, exported; one worker process; no ``$FOMO_PRETRAINED``."""
+    for name in NNUNET_DIRS:
+        (root / name).mkdir(exist_ok=True)
+        monkeypatch.setenv(name, str(root / name))
+    monkeypatch.setenv("nnUNet_def_n_proc", "1")
+    monkeypatch.delenv("FOMO_PRETRAINED", raising=False)
+
+
+def _use_for_training(monkeypatch) -> None:
+    # nnUNet_n_proc_DA=0 only after planning: during planning it makes nnU-Net call torch.set_num_threads(0)
+    for name, value in TRAINING_ENV.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.setenv(EXT_TRAINER_VAR, str(TRAINER_LOOKUP_FOLDER))
+
+
 def plan_case_level_dataset(root: Path, task_type: str, n_cases: int, monkeypatch,
                             n_folds: int = N_FOLDS) -> CaseLevelDataset:
     """Raw dataset + tiny FOMO checkpoint + ``fomo_plan_and_preprocess``; nnU-Net's env set via ``monkeypatch``."""
@@ -136,21 +154,38 @@ def plan_case_level_dataset(root: Path, task_type: str, n_cases: int, monkeypatc
 
     dataset = CaseLevelDataset(root, task_type, TASKS[task_type]["dataset_id"], case_targets(task_type, n_cases),
                                n_folds)
-    for name in NNUNET_DIRS:
-        (root / name).mkdir()
-        monkeypatch.setenv(name, str(root / name))
-    monkeypatch.setenv("nnUNet_def_n_proc", "1")
-    monkeypatch.delenv("FOMO_PRETRAINED", raising=False)
+    _use_folders(root, monkeypatch)
     make_raw_dataset(dataset)
     checkpoint = make_fomo_checkpoint(root / "epoch=12.ckpt", starting_filters=STARTING_FILTERS)
     fomo_plan_and_preprocess(dataset.dataset_id, FomoPlanSettings(starting_filters=STARTING_FILTERS,
                                                                   patch_size=(PATCH,) * 3, pretrained=checkpoint),
                              num_processes=1)
-    # nnUNet_n_proc_DA=0 only after planning: during planning it makes nnU-Net call torch.set_num_threads(0)
-    for name, value in TRAINING_ENV.items():
-        monkeypatch.setenv(name, value)
-    monkeypatch.setenv(EXT_TRAINER_VAR, str(TRAINER_LOOKUP_FOLDER))
+    _use_for_training(monkeypatch)
     return dataset
+
+
+#: Datasets planned once per session (per pytest base temp folder and (task type, cases, folds)), never handed out
+#: themselves: :func:`planned_case_level_dataset` gives each user a copy.
+_TEMPLATES: dict[tuple, CaseLevelDataset] = {}
+
+
+def planned_case_level_dataset(tmp_path_factory: pytest.TempPathFactory, root: Path, task_type: str, n_cases: int,
+                               monkeypatch, n_folds: int = N_FOLDS) -> CaseLevelDataset:
+    """What :func:`plan_case_level_dataset` leaves in ``root``, without planning again: a copy of the raw and
+    preprocessed folders of a dataset planned the same way once per session (planning is deterministic; the plans
+    name that dataset's checkpoint, which stays in place for the session). Each user trains (and may rewrite its
+    dataset.json) in its own copy; nnU-Net's env is set via ``monkeypatch`` as by :func:`plan_case_level_dataset`."""
+    key = (tmp_path_factory.getbasetemp(), task_type, n_cases, n_folds)
+    if key not in _TEMPLATES:
+        with pytest.MonkeyPatch.context() as mp:
+            _TEMPLATES[key] = plan_case_level_dataset(tmp_path_factory.mktemp(f"planned_{task_type}"), task_type,
+                                                      n_cases, mp, n_folds)
+    template = _TEMPLATES[key]
+    for name in ("nnUNet_raw", "nnUNet_preprocessed"):
+        shutil.copytree(template.root / name / template.name, root / name / template.name)
+    _use_folders(root, monkeypatch)
+    _use_for_training(monkeypatch)
+    return replace(template, root=root)
 
 
 def shortened(family: type, epochs: int, iterations: int, learning_rate: float) -> type:

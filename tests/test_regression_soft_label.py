@@ -12,7 +12,7 @@ import pytest
 import torch
 from nnunetv2.imageio.simpleitk_reader_writer import SimpleITKIO
 
-from case_level_datasets import PATCH, CaseLevelDataset, build_trainer, plan_case_level_dataset
+from case_level_datasets import PATCH, CaseLevelDataset, build_trainer, planned_case_level_dataset
 from nnunet_ext.errors import FomoInputError
 from nnunet_ext.trainers import (
     FomoRegressionTrainer,
@@ -125,7 +125,8 @@ def test_ras_left_right_is_the_last_array_axis_of_nnunets_reader(tmp_path: Path)
 @pytest.fixture(scope="module")
 def dataset(tmp_path_factory: pytest.TempPathFactory):
     with pytest.MonkeyPatch.context() as mp:
-        yield plan_case_level_dataset(tmp_path_factory.mktemp("soft_label"), "regression", N_CASES, mp)
+        yield planned_case_level_dataset(tmp_path_factory, tmp_path_factory.mktemp("soft_label"), "regression", N_CASES,
+                                         mp)
 
 
 def _initialised(dataset: CaseLevelDataset, trainer_class: type):

@@ -16,6 +16,7 @@ from case_level_datasets import (
     CaseLevelDataset,
     build_trainer,
     plan_case_level_dataset,
+    planned_case_level_dataset,
     shortened,
     train_in_process,
 )
@@ -29,7 +30,8 @@ N_CASES = 10
 @pytest.fixture(scope="module")
 def dataset(tmp_path_factory: pytest.TempPathFactory):
     with pytest.MonkeyPatch.context() as mp:
-        yield plan_case_level_dataset(tmp_path_factory.mktemp("classification"), "classification", N_CASES, mp)
+        yield planned_case_level_dataset(tmp_path_factory, tmp_path_factory.mktemp("classification"), "classification", N_CASES,
+                                         mp)
 
 
 @pytest.fixture(scope="module")

@@ -19,11 +19,13 @@ from case_level_datasets import (
     CaseLevelDataset,
     build_trainer,
     plan_case_level_dataset,
+    planned_case_level_dataset,
     shortened,
     train_in_process,
 )
-from nnunet_ext.trainers import FomoRegressionTrainer, FomoRegressionTrainer_L1, FomoRegressionTrainer_Rotate
+from nnunet_ext.trainers import TRAINERS, FomoRegressionTrainer, FomoRegressionTrainer_L1, FomoRegressionTrainer_Rotate
 from nnunet_ext.trainers.regression import NO_ROTATION, STANDARDISER_ATTRIBUTE, standardiser_of
+from nnunet_ext.trainers.variants import DEMO_EPOCH_VALIDATION_CASES
 
 DEBUG_TRAINER = "FomoRegressionTrainer_debug"
 N_CASES = 10
@@ -32,7 +34,8 @@ N_CASES = 10
 @pytest.fixture(scope="module")
 def dataset(tmp_path_factory: pytest.TempPathFactory):
     with pytest.MonkeyPatch.context() as mp:
-        yield plan_case_level_dataset(tmp_path_factory.mktemp("regression"), "regression", N_CASES, mp)
+        yield planned_case_level_dataset(tmp_path_factory, tmp_path_factory.mktemp("regression"), "regression", N_CASES,
+                                         mp)
 
 
 @pytest.fixture(scope="module")
@@ -148,3 +151,20 @@ def test_regressor_beats_predicting_the_training_mean(tmp_path: Path, monkeypatc
     fold = train_in_process(data, trainer_class)
     metrics = json.loads((fold / "validation" / "summary.json").read_text())["metrics"]
     assert metrics["mae"] < metrics["mae_of_training_mean"]
+
+
+def test_epoch_validation_on_a_subset_scores_the_same_cases_every_run(dataset: CaseLevelDataset):
+    """``epoch_validation_cases`` (the CPU demo's 8): a seeded subset of the fold's validation cases after each
+    epoch, the same in every run; None keeps every case (the final validation always scores every case)."""
+    val_keys = set(dataset.splits[0]["val"])
+    assert len(val_keys) > 1
+    subsets = []
+    for _ in range(2):
+        trainer = _trainer(dataset)
+        trainer.epoch_validation_cases = len(val_keys) - 1
+        subsets.append(list(trainer._validation_dataset(trainer.epoch_validation_cases).identifiers))
+    assert subsets[0] == subsets[1] and len(subsets[0]) == len(val_keys) - 1 and set(subsets[0]) < val_keys
+    assert set(_trainer(dataset)._validation_dataset().identifiers) == val_keys
+    demo = build_trainer(dataset, TRAINERS["FomoRegressionTrainer_cpuDemo"])
+    assert demo.epoch_validation_cases == DEMO_EPOCH_VALIDATION_CASES
+    assert FomoRegressionTrainer.epoch_validation_cases is None

@@ -1,10 +1,10 @@
 """Tiny trained models of all three tasks, with a held-out test set, for the prediction and evaluation tests.
 
-Each task: a tiny FOMO-planned 1 mm dataset (the trainer tests' builders), two folds of the task's ``_debug``
-trainer trained by nnU-Net's own ``run_training`` (what ``nnUNetv2_train`` calls, final validation included),
-and a test set as ``fomo_convert --test-fraction`` writes it: ``imagesTs`` (+ ``labelsTs``) and dataset.json's
-``fomo.test_targets``. The test cases are copies of training cases: these tests check the machinery, not how well
-a two-epoch model generalises.
+Each task: a tiny FOMO-planned 1 mm dataset (a copy of the trainer tests' planned dataset, planned once per
+session), two folds of the task's ``_debug`` trainer trained by nnU-Net's own ``run_training`` (what
+``nnUNetv2_train`` calls, final validation included), and a test set as ``fomo_convert --test-fraction`` writes
+it: ``imagesTs`` (+ ``labelsTs``) and dataset.json's ``fomo.test_targets``. The test cases are copies of training
+cases: these tests check the machinery, not how well a two-epoch model generalises.
 """
 
 from __future__ import annotations
@@ -17,17 +17,13 @@ from typing import Dict, Tuple
 
 import pytest
 import torch
-from case_level_datasets import plan_case_level_dataset
+from case_level_datasets import planned_case_level_dataset
 from nnunetv2.run.run_training import run_training
-from trainer_datasets import DATASET_ID as SEGMENTATION_DATASET_ID
 from trainer_datasets import DATASET_NAME as SEGMENTATION_DATASET
-from trainer_datasets import STARTING_FILTERS, make_raw_dataset
+from trainer_datasets import planned_segmentation_dataset
 
 from nnunet_ext.dataset_conversion.tasks import get_task
 from nnunet_ext.env import EXT_TRAINER_VAR, TRAINER_LOOKUP_FOLDER
-from nnunet_ext.preprocessing.plan_and_preprocess import fomo_plan_and_preprocess
-from nnunet_ext.preprocessing.planner import FomoPlanSettings
-from nnunet_ext.pretrained.testing import make_fomo_checkpoint
 
 FOLDS = (0, 1)
 CONFIGURATION = "3d_fullres"
@@ -104,17 +100,18 @@ def add_test_set(raw: Path, task_type: str) -> None:
     (raw / "dataset.json").write_text(json.dumps(dataset_json, indent=2))
 
 
-def plan_segmentation(root: Path, monkeypatch: pytest.MonkeyPatch) -> TrainedModel:
-    """The segmentation trainer tests' raw dataset, planned in a folder of its own (they train in theirs)."""
+def plan_segmentation(root: Path, monkeypatch: pytest.MonkeyPatch,
+                      tmp_path_factory: pytest.TempPathFactory) -> TrainedModel:
+    """The segmentation trainer tests' planned dataset, copied into a folder of its own (they train in theirs): its
+    raw and preprocessed folders, planned once per session (the plans name its checkpoint, which stays in place)."""
     model = TrainedModel(root, "segmentation", SEGMENTATION_DATASET)
+    planned = planned_segmentation_dataset(tmp_path_factory)
     for name in NNUNET_DIRS:
-        (root / name).mkdir()
+        if name != "nnUNet_results":
+            shutil.copytree(planned.root / name / SEGMENTATION_DATASET, root / name / SEGMENTATION_DATASET)
+        (root / name).mkdir(exist_ok=True)
         monkeypatch.setenv(name, str(root / name))
     monkeypatch.setenv("nnUNet_def_n_proc", "1")
-    make_raw_dataset(model.raw)
-    checkpoint = make_fomo_checkpoint(root / "epoch=12.ckpt", starting_filters=STARTING_FILTERS)
-    fomo_plan_and_preprocess(SEGMENTATION_DATASET_ID, FomoPlanSettings(
-        starting_filters=STARTING_FILTERS, patch_size=(PATCH,) * 3, pretrained=checkpoint), num_processes=1)
     return model
 
 
@@ -128,12 +125,14 @@ def name_channels_as_the_task(model: TrainedModel) -> None:
         (folder / "dataset.json").write_text(json.dumps(dataset_json, indent=2))
 
 
-def plan(task_type: str, root: Path, monkeypatch: pytest.MonkeyPatch) -> TrainedModel:
-    """Raw dataset + FOMO checkpoint + planning of ``task_type``'s tiny dataset (not trained yet)."""
+def plan(task_type: str, root: Path, monkeypatch: pytest.MonkeyPatch,
+         tmp_path_factory: pytest.TempPathFactory) -> TrainedModel:
+    """Raw dataset + FOMO checkpoint + planning of ``task_type``'s tiny dataset (not trained yet): a copy of the
+    trainer tests' planned dataset, planned once per session."""
     if task_type == "segmentation":
-        model = plan_segmentation(root, monkeypatch)
+        model = plan_segmentation(root, monkeypatch, tmp_path_factory)
     else:
-        dataset = plan_case_level_dataset(root, task_type, N_CASE_LEVEL_CASES, monkeypatch)
+        dataset = planned_case_level_dataset(tmp_path_factory, root, task_type, N_CASE_LEVEL_CASES, monkeypatch)
         model = TrainedModel(dataset.root, task_type, dataset.name)
     name_channels_as_the_task(model)
     return model
@@ -142,7 +141,7 @@ def plan(task_type: str, root: Path, monkeypatch: pytest.MonkeyPatch) -> Trained
 def train_model(task_type: str, tmp_path_factory: pytest.TempPathFactory) -> TrainedModel:
     """Plan, train :data:`FOLDS` of the ``_debug`` trainer on the CPU and add the test set."""
     with pytest.MonkeyPatch.context() as monkeypatch:
-        model = plan(task_type, tmp_path_factory.mktemp(f"trained_{task_type}"), monkeypatch)
+        model = plan(task_type, tmp_path_factory.mktemp(f"trained_{task_type}"), monkeypatch, tmp_path_factory)
         use_model(monkeypatch, model)
         for fold in FOLDS:
             run_training(model.dataset_name, CONFIGURATION, fold, model.trainer, PLANS, device=torch.device("cpu"))

@@ -35,6 +35,7 @@ Subclasses define the target encoding, the loss (``_build_loss``), the decoding 
 from __future__ import annotations
 
 import math
+import random
 from os.path import join
 from typing import Any, ClassVar, NamedTuple, Optional, Sequence
 
@@ -55,6 +56,8 @@ NO_FOREGROUND_OVERSAMPLING = 0.0
 #: Mirroring test-time augmentation of the per-epoch validation. Off: it would multiply the cost of every
 #: epoch's validation by 2 ** (number of axes); ``--val`` (perform_actual_validation) uses it.
 EPOCH_VALIDATION_MIRROR_AXES = None
+#: Seed (plus the fold) of the subset of ``epoch_validation_cases``.
+EPOCH_VALIDATION_SEED = 0
 #: Array axis of left-right in images stored in RAS as nnU-Net's readers return them (SimpleITKIO and NibabelIO
 #: both give ``[z, y, x]`` arrays), before the plans' ``transpose_forward``.
 RAW_LEFT_RIGHT_AXIS = 2
@@ -90,11 +93,15 @@ class FomoCaseLevelTrainer(FomoTrainerBase):
         prediction_name: column of ``predictions.csv`` holding the prediction (e.g. ``probability``).
         mirror_left_right_only: mirror (training augmentation and test-time augmentation) along the left-right
             axis only, instead of nnU-Net's every axis (see "Mirroring" in the module docstring).
+        epoch_validation_cases: None: every validation case is scored after every epoch; N: a fixed, seeded
+            subset of N of them (where a CPU budget makes the per-epoch validation the bulk of an epoch, as
+            nnU-Net's own per-epoch validation samples patches). The final validation always scores every case.
     """
 
     task_metric: ClassVar[str]
     prediction_name: str
     mirror_left_right_only: ClassVar[bool] = False
+    epoch_validation_cases: Optional[int] = None
 
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
                  device: torch.device = torch.device("cuda")):
@@ -134,7 +141,7 @@ class FomoCaseLevelTrainer(FomoTrainerBase):
 
     def on_train_start(self) -> None:
         super().on_train_start()
-        self.validation_dataset = self._validation_dataset()
+        self.validation_dataset = self._validation_dataset(self.epoch_validation_cases)
         # Validation runs on whole cases in on_validation_epoch_end; nnU-Net's patch batches would only cost time.
         self.num_val_iterations_per_epoch = 0
 
@@ -191,9 +198,12 @@ class FomoCaseLevelTrainer(FomoTrainerBase):
         predictions = self.decode_outputs(outputs)
         return CaseValidation(case_ids, outputs, targets, predictions, self.task_metrics(targets, predictions))
 
-    def _validation_dataset(self):
-        """nnU-Net's dataset of this fold's validation cases (whole preprocessed volumes)."""
+    def _validation_dataset(self, n_cases: Optional[int] = None):
+        """nnU-Net's dataset of this fold's validation cases (whole preprocessed volumes); ``n_cases``: a subset
+        of that many, the same in every epoch and run (seeded by the fold)."""
         _, val_keys = self.do_split()
+        if n_cases is not None and n_cases < len(val_keys):
+            val_keys = sorted(random.Random(EPOCH_VALIDATION_SEED + self.fold).sample(sorted(val_keys), n_cases))
         return self.dataset_class(self.preprocessed_dataset_folder, val_keys,
                                   folder_with_segs_from_previous_stage=self.folder_with_segs_from_previous_stage)
 

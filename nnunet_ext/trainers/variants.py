@@ -49,6 +49,9 @@ DEMO_SCHEDULES: dict[str, DemoSchedule] = {
     CLASSIFICATION: DemoSchedule(epochs=8, iterations=20, val_iterations=0, learning_rate=1e-3),
     REGRESSION: DemoSchedule(epochs=60, iterations=20, val_iterations=0, learning_rate=1e-3),
 }
+#: ``_cpuDemo``, case-level trainers: validation cases scored after each epoch (the final validation scores all).
+#: Whole-case validation of Task 3's 32 validation cases took more than half of each demo epoch.
+DEMO_EPOCH_VALIDATION_CASES = 8
 #: Lengths of the ``_<N>epochs`` variants.
 SHORT_SCHEDULE_EPOCHS = (5, 10, 50, 100, 250)
 #: Epochs after which the ``_FrozenEncoderUnfreeze<N>`` variants unfreeze the encoder.
@@ -75,8 +78,9 @@ class ShortSchedule:
 
 
 class CpuDemoSchedule:
-    """``fomo_demo``'s schedule for the trainer's task type (:data:`DEMO_SCHEDULES`), early stopping off, and
-    prediction without test-time mirroring (2 ** 3 times cheaper on a CPU; training still mirrors)."""
+    """``fomo_demo``'s schedule for the trainer's task type (:data:`DEMO_SCHEDULES`), early stopping off, the
+    case-level trainers' per-epoch validation on :data:`DEMO_EPOCH_VALIDATION_CASES` cases, and prediction without
+    test-time mirroring (2 ** 3 times cheaper on a CPU; training still mirrors)."""
 
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
                  device: torch.device = torch.device("cuda")):
@@ -86,6 +90,8 @@ class CpuDemoSchedule:
         self.num_iterations_per_epoch = schedule.iterations
         self.num_val_iterations_per_epoch = schedule.val_iterations
         self.initial_lr = schedule.learning_rate
+        if self.task_type != SEGMENTATION:  # the case-level trainers' per-epoch validation of whole cases
+            self.epoch_validation_cases = DEMO_EPOCH_VALIDATION_CASES
         self.early_stopping_patience = None
 
     def configure_rotation_dummyDA_mirroring_and_inital_patch_size(self):
