@@ -1,5 +1,9 @@
 """One contract for every console script, run as a user runs it (the installed script, in a fresh process): a user
-error exits 2 with one line naming the file or option and what is wrong, no traceback, and nothing written."""
+error exits 2 with one line naming the file or option and what is wrong, no traceback, and nothing written.
+
+Each command starts torch and nnU-Net, seconds of one core's time: the commands run side by side, one per usable
+core, each in a folder of its own, and each case's test checks its command's result.
+"""
 
 from __future__ import annotations
 
@@ -7,8 +11,10 @@ import os
 import signal
 import subprocess
 import sys
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, List
+from typing import Callable, Dict, Iterator, List
 
 import pytest
 import torch
@@ -87,24 +93,61 @@ CASES: dict[str, tuple[Callable[[Path], List[str]], str]] = {
 }
 
 
-@pytest.mark.parametrize("case", CASES, ids=list(CASES))
-def test_every_command_refuses_bad_input_with_one_line_and_status_2(case, tmp_path):
-    make, message = CASES[case]
-    inputs = tmp_path / "inputs"
+#: Commands running at the same time: one per usable core, at most 4 (each holds a few hundred MB).
+PARALLEL_COMMANDS = max(1, min(4, len(os.sched_getaffinity(0))))
+
+
+@dataclass
+class CommandRun:
+    """A case's command and what it left: its output, and the contents of its folder before and after it ran."""
+
+    done: subprocess.CompletedProcess
+    before: List[Path]
+    after: List[Path]
+
+
+def run_case(case: str, root: Path) -> CommandRun:
+    """The case's command line, made in ``root/inputs``, run as the installed script in a fresh process, in ``root``
+    with nnU-Net's (empty) folders there."""
+    make, _ = CASES[case]
+    inputs = root / "inputs"
     inputs.mkdir()
     argv = make(inputs)
     for name in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results"):
-        (tmp_path / name).mkdir()
-    before = sorted(tmp_path.rglob("*"))
-    environment = {**os.environ, **{n: str(tmp_path / n) for n in ("nnUNet_raw", "nnUNet_preprocessed",
-                                                                      "nnUNet_results")}}
+        (root / name).mkdir()
+    before = sorted(root.rglob("*"))
+    environment = {**os.environ, **{n: str(root / n) for n in ("nnUNet_raw", "nnUNet_preprocessed",
+                                                                  "nnUNet_results")}}
     done = subprocess.run([str(SCRIPTS / argv[0]), *argv[1:]], capture_output=True, text=True, env=environment,
-                          timeout=COMMAND_TIMEOUT_S, cwd=tmp_path)
+                          timeout=COMMAND_TIMEOUT_S, cwd=root)
+    return CommandRun(done, before, sorted(root.rglob("*")))
+
+
+@pytest.fixture(scope="module")
+def command_runs(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+                 ) -> Iterator[Dict[str, "Future[CommandRun]"]]:
+    """The commands of the cases this session runs (every case unless deselected), started together and run
+    :data:`PARALLEL_COMMANDS` at a time, each in a folder of its own."""
+    test = test_every_command_refuses_bad_input_with_one_line_and_status_2
+    cases = [item.callspec.params["case"] for item in request.session.items
+             if getattr(item, "function", None) is test]
+    pool = ThreadPoolExecutor(PARALLEL_COMMANDS)
+    try:
+        yield {case: pool.submit(run_case, case, tmp_path_factory.mktemp("command")) for case in cases}
+    finally:
+        pool.shutdown(cancel_futures=True)  # an interrupted session starts no more commands
+
+
+@pytest.mark.parametrize("case", CASES, ids=list(CASES))
+def test_every_command_refuses_bad_input_with_one_line_and_status_2(case, command_runs):
+    _, message = CASES[case]
+    run = command_runs[case].result()
+    done = run.done
     assert done.returncode == EXIT_BAD_INPUT, done.stderr
     assert "Traceback" not in done.stderr
     errors = [line for line in done.stderr.splitlines() if "error: " in line]
     assert len(errors) == 1 and message in errors[0], done.stderr
-    assert sorted(tmp_path.rglob("*")) == before  # nothing written
+    assert run.after == run.before  # nothing written
 
 
 def test_sigterm_ends_a_forked_child_as_by_default_and_raises_only_in_the_owner():
