@@ -83,7 +83,7 @@ QUICK_BOOTSTRAP = 100
 
 #: Bootstrap resamples per confidence interval, and their seed.
 DEFAULT_BOOTSTRAP = 2000
-#: Metrics reported (keys of ``nnunet_ext.evaluation.regression_metrics``).
+#: Metrics reported (keys of ``nnunet_ext.metrics.regression_metrics``).
 REPORTED_METRICS = ("mae", "rmse", "pearson_r", "r2", "mean_error")
 
 #: Ridge baseline: voxels averaged in blocks of this many voxels per axis (2 mm -> 6 mm), then each feature
@@ -407,7 +407,7 @@ def summarise(oof: Mapping[str, Tuple[str, float, float]], n_bootstrap: int, see
     from sklearn.exceptions import UndefinedMetricWarning
 
     from nnunet_ext.dataset_conversion.tasks import REGRESSION
-    from nnunet_ext.evaluation import metrics_with_ci, regression_metrics
+    from nnunet_ext.metrics import metrics_with_ci, regression_metrics
     truth = np.array([t for _, t, _ in oof.values()])
     pred = np.array([p for _, _, p in oof.values()])
     pooled = metrics_with_ci(REGRESSION, truth, pred, n_resamples=n_bootstrap, seed=seed)
@@ -446,7 +446,7 @@ def write_figure(oof: Mapping[str, Tuple[str, float, float]], path: Path) -> Pat
     import matplotlib
     matplotlib.use("agg")
     import matplotlib.pyplot as plt
-    from nnunet_ext.evaluation import plot_bland_altman, plot_predicted_vs_true
+    from nnunet_ext.evaluation.plots import plot_bland_altman, plot_predicted_vs_true
     truth = np.array([t for _, t, _ in oof.values()])
     pred = np.array([p for _, _, p in oof.values()])
     scatter = plot_predicted_vs_true(truth, pred, path.with_name(f"{path.stem}_predicted_vs_true.png"))
@@ -474,7 +474,7 @@ def run_benchmark(settings: BenchmarkSettings) -> Dict[str, Any]:
     started = time.monotonic()
     prepare_output(settings.out)
     configure_environment(settings.out)
-    from nnunet_ext.evaluation import json_safe
+    from nnunet_ext.evaluation.report import json_safe
     from nnunet_ext.evaluation.model_selection import read_out_of_fold
     from nnunet_ext.utils.files import atomic_write_json
 

@@ -93,7 +93,7 @@ def run_search(settings: bench.BenchmarkSettings, recipes: Sequence[Recipe]) -> 
     started = time.monotonic()
     bench.prepare_output(settings.out)
     bench.configure_environment(settings.out)
-    from nnunet_ext.evaluation import json_safe
+    from nnunet_ext.evaluation.report import json_safe
     from nnunet_ext.evaluation.model_selection import read_out_of_fold
     from nnunet_ext.utils.files import atomic_write_json
 

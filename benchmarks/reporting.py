@@ -27,7 +27,7 @@ def quiet_work_folder(out: Path, stem: str) -> Iterator[Path]:
 
 def write_report(out: Path, stem: str, report: Mapping[str, Any], table: str) -> Path:
     """``out/<stem>.json`` written atomically, then ``table`` printed; returns the JSON's path."""
-    from nnunet_ext.evaluation import json_safe
+    from nnunet_ext.evaluation.report import json_safe
     from nnunet_ext.utils.files import atomic_write_json
 
     path = out / f"{stem}.json"

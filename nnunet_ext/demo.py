@@ -50,6 +50,8 @@ NNUNET_FOLDERS = ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results")
 DEMO_PROCESSES = 2
 #: Lines of a failed step's log shown on the console.
 FAILED_LOG_TAIL = 30
+#: Seconds between looks at the training folds (progress bar, failures).
+FOLD_POLL_S = 0.5
 
 
 @dataclass(frozen=True)
@@ -229,47 +231,118 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def train_folds(console: Console, dataset_id: int, trainer_name: str, settings: DemoSettings, title: str,
-                log: Path) -> None:
-    """``nnUNetv2_train ID 3d_fullres FOLD -tr TRAINER -device cpu`` for every fold, through nnU-Net's own API,
-    with a progress bar over all folds' epochs on the console."""
+#: Fold workers of train_folds: each is a process of its own, set up once (pickling hands them these).
+_fold_progress = None  # a queue: one item per finished epoch, for the progress bar
+_folds_running = None  # a shared counter: how many folds are training right now
+
+
+def _init_fold_worker(progress, running) -> None:
+    global _fold_progress, _folds_running
+    _fold_progress, _folds_running = progress, running
+
+
+def _share_cores() -> None:
+    """Give this fold its share of the cores among the folds training right now (all of them once it is alone)."""
+    import torch
+
+    torch.set_num_threads(max(1, len(os.sched_getaffinity(0)) // max(1, _folds_running.value)))
+
+
+def _train_fold(dataset_id: int, trainer_name: str, fold: int, seed: int, command: str, log: Path) -> None:
+    """One fold, as ``nnUNetv2_train`` trains it, in a fold worker; its output goes to ``log``."""
     import torch
     from nnunetv2.run.run_training import get_trainer_from_args
-    from tqdm import tqdm
 
-    from nnunet_ext.trainers.variants import DEMO_SCHEDULES
-
-    task_type = _task_type(dataset_id)
-    epochs = DEMO_SCHEDULES[task_type].epochs
-    commands = [f"nnUNetv2_train {dataset_id} {CONFIGURATION} {fold} -tr {trainer_name} -device cpu"
-                for fold in settings.folds]
-    console.commands += commands
-    bar = tqdm(total=epochs * len(settings.folds), desc=f"{title} ({len(settings.folds)} folds)", unit="epoch",
-               file=console.stream, leave=False, dynamic_ncols=True)
-
-    def action() -> None:
-        # Data augmentation in the main process: worker processes gain nothing on a couple of cores (and it
-        # keeps the seeded run reproducible). Set for training only, so that the user's environment is as it was.
-        os.environ["nnUNet_n_proc_DA"] = "0"
-        try:
-            for fold, command in zip(settings.folds, commands):
-                print(f"$ {command}", flush=True)
-                seed_everything(settings.seed + fold)
+    with _folds_running.get_lock():
+        _folds_running.value += 1
+    try:
+        with output_to(log):
+            print(f"$ {command}", flush=True)
+            # Data augmentation in this process: the folds already keep every core busy (and it keeps the seeded
+            # run reproducible). The worker's own environment, so that the user's stays as it was.
+            os.environ["nnUNet_n_proc_DA"] = "0"
+            _share_cores()
+            seed_everything(seed + fold)
+            try:
                 trainer = get_trainer_from_args(str(dataset_id), CONFIGURATION, fold, trainer_name,
                                                 device=torch.device("cpu"))
-                finished = bar.n + epochs
                 epoch_end = trainer.on_epoch_end
 
                 def on_epoch_end() -> None:
                     epoch_end()
-                    bar.update(1)
+                    _fold_progress.put(1)
+                    _share_cores()  # a fold left alone takes the cores the others no longer use
 
                 trainer.on_epoch_end = on_epoch_end
                 trainer.run_training()
-                bar.update(finished - bar.n)  # early stopping skips epochs
                 trainer.perform_actual_validation()
+            except BaseException:
+                traceback.print_exc()
+                raise
+    finally:
+        with _folds_running.get_lock():
+            _folds_running.value -= 1
+
+
+def _count_epochs(progress, bar) -> None:
+    """Advance ``bar`` by the epochs the fold workers reported since the last look."""
+    from queue import Empty
+
+    try:
+        while True:
+            progress.get_nowait()
+            bar.update(1)
+    except Empty:
+        pass
+
+
+def train_folds(console: Console, dataset_id: int, trainer_name: str, settings: DemoSettings, title: str,
+                log: Path) -> None:
+    """``nnUNetv2_train ID 3d_fullres FOLD -tr TRAINER -device cpu`` for every fold, through nnU-Net's own API, with
+    a progress bar over all folds' epochs on the console.
+
+    The folds train side by side, one process per core (at most one per fold), each on its share of the cores: the
+    demo's small networks keep one core busy far better than two (data augmentation and the many small kernels of
+    an 8-filter network run on one thread), so two folds at once train faster than one fold on both cores. Each
+    fold's output goes to a log of its own beside ``log``."""
+    import multiprocessing
+    from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+    from tqdm import tqdm
+
+    from nnunet_ext.trainers.variants import DEMO_SCHEDULES
+
+    epochs = DEMO_SCHEDULES[_task_type(dataset_id)].epochs
+    commands = {fold: f"nnUNetv2_train {dataset_id} {CONFIGURATION} {fold} -tr {trainer_name} -device cpu"
+                for fold in settings.folds}
+    console.commands += commands.values()
+    fold_logs = {fold: log.with_name(f"{log.stem}_fold{fold}{log.suffix}") for fold in settings.folds}
+    workers = min(len(settings.folds), len(os.sched_getaffinity(0)))
+    bar = tqdm(total=epochs * len(settings.folds), desc=f"{title} ({len(settings.folds)} folds)", unit="epoch",
+               file=console.stream, leave=False, dynamic_ncols=True)
+
+    def action() -> None:
+        print(f"{len(settings.folds)} folds in {workers} processes; each fold's log: "
+              + ", ".join(str(path) for path in fold_logs.values()), flush=True)
+        context = multiprocessing.get_context("spawn")  # nnU-Net's own choice; fork would copy this process's threads
+        progress, running = context.Queue(), context.Value("i", 0)
+        try:
+            with ProcessPoolExecutor(workers, mp_context=context, initializer=_init_fold_worker,
+                                     initargs=(progress, running)) as pool:
+                pending = {pool.submit(_train_fold, dataset_id, trainer_name, fold, settings.seed, commands[fold],
+                                       fold_logs[fold]): fold for fold in settings.folds}
+                while pending:
+                    done, _ = wait(pending, timeout=FOLD_POLL_S, return_when=FIRST_COMPLETED)
+                    _count_epochs(progress, bar)
+                    for future in done:
+                        fold = pending.pop(future)
+                        if future.exception() is not None:
+                            for pending_future in pending:
+                                pending_future.cancel()
+                            tail = fold_logs[fold].read_text(errors="replace").splitlines()[-FAILED_LOG_TAIL:]
+                            print("\n".join(tail), flush=True)
+                            raise RuntimeError(f"fold {fold} failed; its log: {fold_logs[fold]}") from None
+            bar.update(bar.total - bar.n)  # early stopping skips epochs
         finally:
-            del os.environ["nnUNet_n_proc_DA"]
             bar.close()  # before run_step prints the step's line, which the bar would otherwise share
 
     run_step(console, title, log, action)

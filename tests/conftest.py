@@ -58,31 +58,6 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
             child.kill()
 
 
-#: Foreground voxels nnU-Net's fingerprint samples for its intensity statistics, over the whole dataset. nnU-Net
-#: takes 1e8 whatever the dataset's size (10^8 / n_cases per case, with replacement: far more than the tiny test
-#: cases hold), which costs 10-15 CPU seconds and 2-3 GB per planning. The statistics only feed nnU-Net's CT
-#: normalisation, which FOMO plans never use (FomoPretrainingNormalization normalises each case on its own), and
-#: no test reads them.
-FINGERPRINT_FOREGROUND_SAMPLES = 1e6
-
-
-@pytest.fixture(scope="session", autouse=True)
-def small_fingerprint_sample():
-    """Every planning in this process (fixtures and tests) samples :data:`FINGERPRINT_FOREGROUND_SAMPLES` foreground
-    voxels; the per-case number is computed here, in the parent, and handed to nnU-Net's spawned workers."""
-    from nnunetv2.experiment_planning.dataset_fingerprint.fingerprint_extractor import DatasetFingerprintExtractor
-
-    nnunet_init = DatasetFingerprintExtractor.__init__
-
-    def __init__(self, *args, **kwargs):
-        nnunet_init(self, *args, **kwargs)
-        self.num_foreground_voxels_for_intensitystats = FINGERPRINT_FOREGROUND_SAMPLES
-
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(DatasetFingerprintExtractor, "__init__", __init__)
-        yield
-
-
 @pytest.fixture
 def nnunet_dirs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Dict[str, Path]:
     """nnU-Net's three folders under tmp_path, exported; nnU-Net limited to one worker process."""

@@ -7,7 +7,7 @@ import pytest
 from sklearn.exceptions import UndefinedMetricWarning
 from sklearn.metrics import mean_absolute_error, roc_auc_score
 
-from nnunet_ext.evaluation import cross_validation_summary, fold_mean_std, mean_case_metrics
+from nnunet_ext.metrics import cross_validation_summary, fold_mean_std, mean_case_metrics
 
 
 def _folds(seed: int, n_folds: int = 5, n: int = 12) -> list[tuple[np.ndarray, np.ndarray]]:

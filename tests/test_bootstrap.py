@@ -8,7 +8,7 @@ from scipy.stats import bootstrap as scipy_bootstrap
 from sklearn.exceptions import UndefinedMetricWarning
 from sklearn.metrics import roc_auc_score
 
-from nnunet_ext.evaluation import (
+from nnunet_ext.metrics import (
     CLASSIFICATION_METRICS,
     REGRESSION_METRICS,
     SEGMENTATION_METRICS,

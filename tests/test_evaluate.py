@@ -14,10 +14,10 @@ from fomo_files import write_nifti
 from trained_models import FOLDS, TrainedModel, use_model
 
 from nnunet_ext.errors import EXIT_BAD_INPUT
-from nnunet_ext.evaluation.classification import classification_metrics, youden_threshold
+from nnunet_ext.metrics.classification import classification_metrics, youden_threshold
 from nnunet_ext.evaluation.evaluate import main
-from nnunet_ext.evaluation.regression import regression_metrics
-from nnunet_ext.evaluation.segmentation import segmentation_metrics
+from nnunet_ext.metrics.regression import regression_metrics
+from nnunet_ext.metrics.segmentation import segmentation_metrics
 
 #: Few resamples keep the tests fast; the intervals' correctness is tested with the bootstrap itself.
 N_BOOTSTRAP = 50

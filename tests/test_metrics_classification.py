@@ -10,13 +10,17 @@ import pytest
 from sklearn.exceptions import UndefinedMetricWarning
 from sklearn.metrics import (
     accuracy_score,
+    average_precision_score,
     balanced_accuracy_score,
+    confusion_matrix,
     f1_score,
     precision_score,
     recall_score,
+    roc_auc_score,
 )
 
-from nnunet_ext.evaluation import classification_metrics, confusion_counts, json_safe, youden_threshold
+from nnunet_ext.evaluation.report import json_safe
+from nnunet_ext.metrics import classification_metrics, confusion_counts, youden_threshold
 
 
 def _random_case(seed: int, n: int = 40) -> tuple[np.ndarray, np.ndarray]:
@@ -66,6 +70,25 @@ def test_ranking_metrics_match_brute_force(seed):
     m = classification_metrics(y, p)
     assert m["auroc"] == pytest.approx(_auroc_brute_force(y, p))
     assert m["average_precision"] == pytest.approx(_average_precision_brute_force(y, p))
+
+
+@pytest.mark.parametrize("n, positive_rate, decimals", [(3, 0.5, 1), (10, 0.2, 1), (40, 0.5, 2), (200, 0.1, 3)])
+def test_counts_and_ranking_metrics_equal_sklearn_on_bootstrap_like_samples(n, positive_rate, decimals):
+    # our NumPy implementations against scikit-learn's, on samples with repeated cases and tied scores (what
+    # bootstrap resamples look like)
+    rng = np.random.default_rng(n)
+    for _ in range(50):
+        y = (rng.random(n) < positive_rate).astype(int)
+        p = np.round(np.clip(0.3 * y + 0.7 * rng.random(n), 0, 1), decimals)
+        resample = rng.integers(0, n, n)
+        y, p = y[resample], p[resample]
+        m = classification_metrics(y, p)
+        tn, fp, fn, tp = confusion_matrix(y, (p >= 0.5).astype(int), labels=[0, 1]).ravel()
+        assert (m["tn"], m["fp"], m["fn"], m["tp"]) == (tn, fp, fn, tp)
+        if 0 < y.sum() < n:
+            assert m["auroc"] == pytest.approx(roc_auc_score(y, p), abs=1e-12)
+        if y.sum():
+            assert m["average_precision"] == pytest.approx(average_precision_score(y, p), abs=1e-12)
 
 
 def test_confusion_counts_by_counting_and_threshold_inclusive():

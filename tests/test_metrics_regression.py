@@ -1,12 +1,14 @@
-"""Regression metrics against their textbook formulas written out with numpy."""
+"""Regression metrics against their textbook formulas written out with numpy, and against scikit-learn and SciPy."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
+from scipy.stats import pearsonr, spearmanr
 from sklearn.exceptions import UndefinedMetricWarning
+from sklearn.metrics import mean_absolute_error, r2_score, root_mean_squared_error
 
-from nnunet_ext.evaluation import regression_metrics
+from nnunet_ext.metrics import regression_metrics
 
 
 def _pearson(a: np.ndarray, b: np.ndarray) -> float:
@@ -36,6 +38,25 @@ def test_metrics_match_formulas(seed):
     assert m["pearson_r"] == pytest.approx(_pearson(age, predicted))
     assert m["spearman_rho"] == pytest.approx(_pearson(_ranks_without_ties(age), _ranks_without_ties(predicted)))
     assert m["mean_error"] == pytest.approx(np.mean(error))
+
+
+@pytest.mark.parametrize("n", [3, 12, 100])
+def test_metrics_equal_sklearn_and_scipy_on_bootstrap_like_samples(n):
+    # repeated cases and ages in whole years: the ties bootstrap resamples of real predictions hold
+    rng = np.random.default_rng(n)
+    for _ in range(30):
+        age = np.round(rng.uniform(20, 80, n))
+        predicted = np.round(age + rng.normal(0, 8, n), 1)
+        resample = rng.integers(0, n, n)
+        age, predicted = age[resample], predicted[resample]
+        if np.ptp(age) == 0 or np.ptp(predicted) == 0:
+            continue
+        m = regression_metrics(age, predicted)
+        assert m["mae"] == pytest.approx(mean_absolute_error(age, predicted), rel=1e-12)
+        assert m["rmse"] == pytest.approx(root_mean_squared_error(age, predicted), rel=1e-12)
+        assert m["r2"] == pytest.approx(r2_score(age, predicted), rel=1e-9, abs=1e-12)
+        assert m["pearson_r"] == pytest.approx(pearsonr(age, predicted).statistic, abs=1e-12)
+        assert m["spearman_rho"] == pytest.approx(spearmanr(age, predicted).statistic, abs=1e-12)
 
 
 def test_spearman_uses_average_ranks_for_ties():

@@ -11,7 +11,8 @@ import SimpleITK as sitk
 from sklearn.exceptions import UndefinedMetricWarning
 from sklearn.metrics import f1_score, jaccard_score
 
-from nnunet_ext.evaluation import json_safe, load_mask, segmentation_metrics
+from nnunet_ext.evaluation.report import json_safe
+from nnunet_ext.metrics import load_mask, segmentation_metrics
 
 
 def _surface_points_brute_force(mask: np.ndarray, spacing) -> np.ndarray:

@@ -11,7 +11,7 @@ import pytest
 from trained_models import FOLDS, use_model
 
 from nnunet_ext.errors import EXIT_BAD_INPUT
-from nnunet_ext.evaluation.classification import classification_metrics
+from nnunet_ext.metrics.classification import classification_metrics
 from nnunet_ext.evaluation.model_selection import main
 
 DATASET = "Dataset990_Selection"

@@ -222,6 +222,23 @@ def test_planning_refuses_an_unusable_checkpoint_before_any_preprocessing(planne
     assert fingerprint in before and {p: p.stat().st_mtime_ns for p in planned.preprocessed.rglob("*")} == before
 
 
+def test_the_fingerprint_intensity_statistics_hold_with_the_smaller_sample(planned: Planned) -> None:
+    # nnU-Net draws the same number of foreground voxels from every case, so the sample's mean estimates the mean
+    # of the per-case foreground means; with FOREGROUND_INTENSITY_SAMPLES it must still do so closely
+    fingerprint = json.loads((planned.preprocessed / "dataset_fingerprint.json").read_text())
+    for channel, stats in fingerprint["foreground_intensity_properties_per_channel"].items():
+        case_means, case_stds = [], []
+        for label in sorted((planned.raw / "labelsTr").glob("*.nii.gz")):
+            case = label.name[:-len(".nii.gz")]
+            image = np.asarray(nib.load(planned.raw / "imagesTr" / f"{case}_{int(channel):04d}.nii.gz").dataobj)
+            foreground = image[np.asarray(nib.load(label).dataobj) > 0]
+            if foreground.size == 0:  # nnU-Net samples nothing from a case without foreground
+                continue
+            case_means.append(float(foreground.mean()))
+            case_stds.append(float(foreground.std()))
+        assert stats["mean"] == pytest.approx(np.mean(case_means), abs=0.01 * float(np.mean(case_stds)))
+
+
 def test_a_dataset_without_fomo_key_is_planned_as_segmentation(caplog: pytest.LogCaptureFixture) -> None:
     labels = {"background": 0, "tumour": 1, "oedema": 2}
     assert task_from_dataset_json({"labels": labels}, Path("dataset.json")) == ("segmentation", 3)

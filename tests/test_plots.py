@@ -9,8 +9,7 @@ import numpy as np
 import pytest
 from matplotlib.image import imread
 
-from nnunet_ext.evaluation import (
-    classification_metrics,
+from nnunet_ext.evaluation.plots import (
     plot_bland_altman,
     plot_confusion_matrix,
     plot_dice_per_case,
@@ -19,6 +18,7 @@ from nnunet_ext.evaluation import (
     plot_segmentation_overlay,
     plot_training_curves,
 )
+from nnunet_ext.metrics import classification_metrics
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 MIN_PNG_BYTES = 10_000  # an empty axes box at our DPI is well under this

@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 
-from nnunet_ext.evaluation import format_metrics_table, json_safe
+from nnunet_ext.evaluation.report import format_metrics_table, json_safe
 
 
 def test_json_safe_turns_non_finite_into_null_and_numpy_into_python():

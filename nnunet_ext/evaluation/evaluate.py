@@ -39,8 +39,8 @@ from nnunetv2.utilities.find_objects import recursive_find_trainer_class_by_name
 
 from nnunet_ext.dataset_conversion.tasks import CLASSIFICATION, FOMO_KEY, REGRESSION, SEGMENTATION
 from nnunet_ext.errors import FomoInputError, cli_entry
-from nnunet_ext.evaluation.bootstrap import DEFAULT_CONFIDENCE, DEFAULT_N_RESAMPLES, DEFAULT_SEED, metrics_with_ci
-from nnunet_ext.evaluation.classification import DEFAULT_THRESHOLD, confusion_counts, youden_threshold
+from nnunet_ext.metrics.bootstrap import DEFAULT_CONFIDENCE, DEFAULT_N_RESAMPLES, DEFAULT_SEED, metrics_with_ci
+from nnunet_ext.metrics.classification import DEFAULT_THRESHOLD, confusion_counts, youden_threshold
 from nnunet_ext.evaluation.model_selection import read_out_of_fold
 from nnunet_ext.evaluation.plots import (
     plot_bland_altman,
@@ -52,7 +52,7 @@ from nnunet_ext.evaluation.plots import (
     plot_training_curves,
 )
 from nnunet_ext.evaluation.report import format_metrics_table, json_safe
-from nnunet_ext.evaluation.segmentation import DEFAULT_NSD_TOLERANCE_MM, load_mask, segmentation_metrics
+from nnunet_ext.metrics.segmentation import DEFAULT_NSD_TOLERANCE_MM, load_mask, segmentation_metrics
 from nnunet_ext.inference.inputs import discover_cases
 from nnunet_ext.inference.predict import (
     CASE_COLUMN,

@@ -27,7 +27,7 @@ from nnunetv2.utilities.file_path_utilities import get_ensemble_name, maybe_conv
 
 from nnunet_ext.dataset_conversion.tasks import CLASSIFICATION, FOMO_KEY, REGRESSION, SEGMENTATION
 from nnunet_ext.errors import FomoInputError, cli_entry
-from nnunet_ext.evaluation.aggregate import cross_validation_summary
+from nnunet_ext.metrics.aggregate import cross_validation_summary
 from nnunet_ext.evaluation.report import json_safe
 from nnunet_ext.inference.predict import (
     DEFAULT_CONFIGURATION,

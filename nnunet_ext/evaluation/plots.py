@@ -21,7 +21,7 @@ from numpy.typing import ArrayLike
 from scipy.ndimage import center_of_mass, label
 from sklearn.metrics import ConfusionMatrixDisplay, mean_absolute_error, roc_auc_score, roc_curve
 
-from nnunet_ext.evaluation._common import binary_mask, paired_vectors
+from nnunet_ext.metrics._common import binary_mask, paired_vectors
 from nnunet_ext.utils.files import PathLike, atomic_write_bytes
 
 #: Resolution of the PNG files: sharp in a report at page width without making files large.
@@ -149,7 +149,7 @@ def plot_confusion_matrix(
     ----------
     counts : dict
         At least ``tn``, ``fp``, ``fn``, ``tp``, as returned by
-        :func:`~nnunet_ext.evaluation.classification.confusion_counts` or ``classification_metrics``.
+        :func:`~nnunet_ext.metrics.classification.confusion_counts` or ``classification_metrics``.
     out_path : path
         PNG file to write.
     class_names : (str, str)
@@ -339,7 +339,7 @@ def plot_segmentation_overlay(
 ) -> Path:
     """Three orthogonal slices through the largest lesion: image with reference and predicted contours.
 
-    Arrays are in SimpleITK's (z, y, x) order (see :func:`~nnunet_ext.evaluation.segmentation.load_mask`),
+    Arrays are in SimpleITK's (z, y, x) order (see :func:`~nnunet_ext.metrics.segmentation.load_mask`),
     so for the usual axial acquisitions the panels are axial, coronal and sagittal. Pixels are drawn
     with their physical aspect ratio from ``spacing``. The reference is a solid yellow line, the
     prediction a dashed purple one, so they differ without colour too.

@@ -17,7 +17,6 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 from nnunetv2.configuration import default_num_processes
-from nnunetv2.experiment_planning.dataset_fingerprint.fingerprint_extractor import DatasetFingerprintExtractor
 from nnunetv2.experiment_planning.plan_and_preprocess_api import (
     extract_fingerprint_dataset,
     plan_experiment_dataset,
@@ -30,6 +29,7 @@ from nnunet_ext.errors import FomoInputError, cli_entry
 from nnunet_ext.networks import DECODER_LAYOUTS, MODEL_PRESETS
 from nnunet_ext.networks.heads import POOLINGS
 from nnunet_ext.networks.unet import DEFAULT_HEAD_POOL_LEVELS, DEFAULT_HEAD_POOLING
+from nnunet_ext.preprocessing.fingerprint import FomoFingerprintExtractor
 from nnunet_ext.preprocessing.planner import (
     FULLRES,
     PRETRAINING_SPACING_MM,
@@ -61,7 +61,7 @@ def fomo_plan_and_preprocess(dataset_id: int, settings: FomoPlanSettings = FomoP
     check_checkpoint_fits(settings, json.loads(dataset_json_path.read_text()), dataset_json_path)
     # preprocessing, here and in the workers it spawns, must find our normalisation scheme
     register_with_nnunet()
-    extract_fingerprint_dataset(dataset_id, DatasetFingerprintExtractor, num_processes,
+    extract_fingerprint_dataset(dataset_id, FomoFingerprintExtractor, num_processes,
                                 check_dataset_integrity=verify_dataset_integrity, clean=True)
     _, plans_identifier = plan_experiment_dataset(dataset_id, functools.partial(FomoPlanner, settings=settings),
                                                   overwrite_plans_name=plans_name)

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 from nnunet_ext.dataset_conversion.tasks import CLASSIFICATION
-from nnunet_ext.evaluation.classification import classification_metrics
+from nnunet_ext.metrics.classification import classification_metrics
 from batchgeneratorsv2.transforms.utils.compose import ComposeTransforms
 
 from nnunet_ext.trainers.augmentation import with_modality_dropout

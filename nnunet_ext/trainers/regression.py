@@ -42,7 +42,7 @@ from torch import nn
 
 from nnunet_ext.dataset_conversion.tasks import FOMO_KEY, REGRESSION
 from nnunet_ext.errors import FomoInputError
-from nnunet_ext.evaluation.regression import regression_metrics
+from nnunet_ext.metrics.regression import regression_metrics
 from nnunet_ext.preprocessing.fomo_plans import FomoPlansBlock
 from nnunet_ext.trainers.base import FINETUNE_LR, unwrap_network
 from nnunet_ext.trainers.case_level import FomoCaseLevelTrainer, MirrorAllAxes

@@ -19,7 +19,7 @@ import SimpleITK as sitk
 from numpy.typing import ArrayLike
 from scipy.ndimage import binary_erosion, distance_transform_edt, find_objects, generate_binary_structure
 
-from nnunet_ext.evaluation._common import binary_mask, undefined
+from nnunet_ext.metrics._common import binary_mask, undefined
 
 #: Default tolerance of the normalised surface distance, in mm. Two millimetres is two voxels at 1 mm
 #: resolution: a boundary placed a voxel or two off, within the partial-volume blur of a lesion edge

@@ -15,8 +15,8 @@ from typing import Any, Callable, Mapping
 import numpy as np
 from sklearn.exceptions import UndefinedMetricWarning
 
-from nnunet_ext.evaluation._common import undefined
-from nnunet_ext.evaluation.aggregate import task_metrics
+from nnunet_ext.metrics._common import undefined
+from nnunet_ext.metrics.aggregate import task_metrics
 
 DEFAULT_N_RESAMPLES = 1000
 DEFAULT_CONFIDENCE = 0.95
@@ -152,7 +152,7 @@ def metrics_with_ci(
     Parameters
     ----------
     task_type : {"classification", "regression", "segmentation"}
-        Selects the metrics (:data:`~nnunet_ext.evaluation.aggregate.TASK_METRICS`).
+        Selects the metrics (:data:`~nnunet_ext.metrics.aggregate.TASK_METRICS`).
     *arrays : sequences of equal length
         ``y_true, y_prob`` (classification), ``y_true, y_pred`` (regression) or the list of per-case
         :func:`segmentation_metrics` dicts (segmentation: the interval is that of the mean over cases).

@@ -8,10 +8,10 @@ from typing import Any, Callable, Mapping, Sequence
 import numpy as np
 
 from nnunet_ext.dataset_conversion.tasks import CLASSIFICATION, REGRESSION, SEGMENTATION
-from nnunet_ext.evaluation._common import undefined
-from nnunet_ext.evaluation.classification import CLASSIFICATION_METRICS, classification_metrics
-from nnunet_ext.evaluation.regression import REGRESSION_METRICS, regression_metrics
-from nnunet_ext.evaluation.segmentation import SEGMENTATION_METRICS
+from nnunet_ext.metrics._common import undefined
+from nnunet_ext.metrics.classification import CLASSIFICATION_METRICS, classification_metrics
+from nnunet_ext.metrics.regression import REGRESSION_METRICS, regression_metrics
+from nnunet_ext.metrics.segmentation import SEGMENTATION_METRICS
 
 #: Sample standard deviation over folds (n - 1 in the denominator): the folds are a sample of the
 #: training sets one could have drawn.
@@ -28,7 +28,7 @@ def mean_case_metrics(per_case: Sequence[Mapping[str, float]]) -> dict[str, floa
     Parameters
     ----------
     per_case : sequence of dict
-        One :func:`~nnunet_ext.evaluation.segmentation.segmentation_metrics` result per case; other
+        One :func:`~nnunet_ext.metrics.segmentation.segmentation_metrics` result per case; other
         keys (a case identifier, say) are ignored.
 
     Returns
