@@ -22,7 +22,7 @@ import shutil
 import sys
 import time
 import traceback
-from contextlib import contextmanager
+from contextlib import contextmanager, redirect_stderr, redirect_stdout
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Dict, Iterator, List, Optional, Sequence, TextIO, Tuple
@@ -138,16 +138,18 @@ class Console:
 @contextmanager
 def output_to(log: Path) -> Iterator[None]:
     """Send this process's stdout and stderr to ``log``, at the file-descriptor level, so that nnU-Net's prints,
-    its worker processes and C libraries land there too."""
+    its worker processes and C libraries land there too, and at Python's (where ``sys.stdout`` is no file
+    descriptor 1: a notebook, pytest's capture)."""
     log.parent.mkdir(parents=True, exist_ok=True)
     sys.stdout.flush()
     sys.stderr.flush()
     saved = os.dup(1), os.dup(2)
-    with open(log, "a") as sink:
+    with open(log, "a", buffering=1) as sink:
         os.dup2(sink.fileno(), 1)
         os.dup2(sink.fileno(), 2)
         try:
-            yield
+            with redirect_stdout(sink), redirect_stderr(sink):
+                yield
         finally:
             sys.stdout.flush()
             sys.stderr.flush()

@@ -39,6 +39,20 @@ def machine_facts() -> List[str]:
             f"nnU-Net variables inherited: {inherited or 'none'}"]
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    """Under pytest-xdist (``-n N``), each worker gets its share of the cores, for its own torch and for the
+    processes its tests start: N workers on N cores, each on one thread, finish sooner than N workers all asking
+    for every core (OpenMP threads then wait on each other)."""
+    workers = os.environ.get("PYTEST_XDIST_WORKER_COUNT")
+    if workers is None:
+        return
+    import torch
+
+    threads = max(1, len(os.sched_getaffinity(0)) // int(workers))
+    os.environ["OMP_NUM_THREADS"] = str(threads)
+    torch.set_num_threads(threads)
+
+
 def pytest_sessionstart(session: pytest.Session) -> None:
     """Print :func:`machine_facts` first, even under ``-q`` (which hides pytest's own header)."""
     reporter = session.config.pluginmanager.get_plugin("terminalreporter")
@@ -95,15 +109,15 @@ def synthetic_fomo(tmp_path_factory: pytest.TempPathFactory) -> Callable[[int], 
 
 @pytest.fixture(scope="session")
 def trained_model(tmp_path_factory: pytest.TempPathFactory):
-    """Factory: ``trained_model(task_type)`` -> a two-fold ``_debug`` model with a test set, trained once per session
-    (see ``trained_models.py``)."""
-    from trained_models import TrainedModel, train_model
+    """Factory: ``trained_model(task_type)`` -> a two-fold ``_debug`` model with a test set, trained once per session,
+    pytest-xdist workers included (see ``trained_models.py``)."""
+    from trained_models import TrainedModel, trained_once
 
     made: Dict[str, TrainedModel] = {}
 
     def get(task_type: str) -> TrainedModel:
         if task_type not in made:
-            made[task_type] = train_model(task_type, tmp_path_factory)
+            made[task_type] = trained_once(task_type, tmp_path_factory)
         return made[task_type]
 
     return get

@@ -10,6 +10,7 @@ cases: these tests check the machinery, not how well a two-epoch model generalis
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,6 +19,7 @@ from typing import Dict, Tuple
 import pytest
 import torch
 from case_level_datasets import planned_case_level_dataset
+from filelock import FileLock
 from nnunetv2.run.run_training import run_training
 from trainer_datasets import DATASET_NAME as SEGMENTATION_DATASET
 from trainer_datasets import planned_segmentation_dataset
@@ -138,12 +140,32 @@ def plan(task_type: str, root: Path, monkeypatch: pytest.MonkeyPatch,
     return model
 
 
-def train_model(task_type: str, tmp_path_factory: pytest.TempPathFactory) -> TrainedModel:
-    """Plan, train :data:`FOLDS` of the ``_debug`` trainer on the CPU and add the test set."""
+def train_model(task_type: str, tmp_path_factory: pytest.TempPathFactory, root: Path) -> TrainedModel:
+    """Plan, train :data:`FOLDS` of the ``_debug`` trainer on the CPU in the new folder ``root``, add the test set."""
+    root.mkdir()
     with pytest.MonkeyPatch.context() as monkeypatch:
-        model = plan(task_type, tmp_path_factory.mktemp(f"trained_{task_type}"), monkeypatch, tmp_path_factory)
+        model = plan(task_type, root, monkeypatch, tmp_path_factory)
         use_model(monkeypatch, model)
         for fold in FOLDS:
             run_training(model.dataset_name, CONFIGURATION, fold, model.trainer, PLANS, device=torch.device("cpu"))
     add_test_set(model.raw, task_type)
     return model
+
+
+def session_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The folder all pytest-xdist workers of this test session share (without xdist: the session's own)."""
+    base = tmp_path_factory.getbasetemp()
+    return base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
+
+
+def trained_once(task_type: str, tmp_path_factory: pytest.TempPathFactory) -> TrainedModel:
+    """:func:`train_model`, once per test session however many xdist workers ask: the first trains under a file
+    lock, the others wait for it and use its model (the tests only read it)."""
+    folder = session_folder(tmp_path_factory)
+    record = folder / f"trained_{task_type}.json"
+    with FileLock(f"{record}.lock"):
+        if not record.is_file():
+            model = train_model(task_type, tmp_path_factory, folder / f"trained_{task_type}")
+            record.write_text(json.dumps({"root": str(model.root), "dataset_name": model.dataset_name}))
+        saved = json.loads(record.read_text())
+    return TrainedModel(Path(saved["root"]), task_type, saved["dataset_name"])
