@@ -262,3 +262,42 @@ def test_non_ras_case_is_stored_in_ras_with_the_same_physical_content(nnunet_dir
         assert converted[converted.TransformPhysicalPointToIndex(point)] == pytest.approx(source[index])
     label = sitk.ReadImage(str(out / "labelsTr/sub_1_ses_1.nii.gz"))
     assert label.GetSize() == converted.GetSize() and label.GetDirection() == converted.GetDirection()
+
+
+def test_task2_targets_are_the_lesion_volumes_and_test_cases_keep_their_own_masks(fomo_tree, nnunet_dirs):
+    """The lesion volume (the stratification target) is measured on each mask as it is written, and the test cases,
+    written before the split is known, end up in imagesTs/labelsTs with their own files, none left in imagesTr."""
+    tree = fomo_tree(2)
+    masks = {}
+    for subject in range(1, N_SUBJECTS + 1):
+        mask = np.zeros(TINY_SHAPE, np.uint8)
+        mask[2:4, 2:4, : subject] = 1  # a different lesion volume per subject
+        masks[f"sub_{subject}_ses_1"] = mask
+        tree.add_case(f"sub_{subject}", label=mask, spacing=(1.0, 1.0, 2.0), seed=subject)
+    out = convert_fomo_dataset(2, tree.root, 12, test_fraction=0.2, seed=0)
+    fomo = dataset_json(out)[FOMO_KEY]
+    volumes = {**fomo["targets"], **fomo["test_targets"]}
+    assert volumes == {case: pytest.approx(mask.sum() * 2.0 / 1000) for case, mask in masks.items()}
+    assert fomo["test_targets"]
+    for case in fomo["test_targets"]:
+        np.testing.assert_array_equal(read(out / f"labelsTs/{case}.nii.gz").transpose(), masks[case])
+        assert not list((out / "imagesTr").glob(f"{case}_*")) and not (out / f"labelsTr/{case}.nii.gz").exists()
+        assert len(list((out / "imagesTs").glob(f"{case}_*"))) == len(get_task(2).channels)
+    for case in fomo["targets"]:
+        np.testing.assert_array_equal(read(out / f"labelsTr/{case}.nii.gz").transpose(), masks[case])
+
+
+def test_integer_scans_stay_integer_and_nnunet_reads_the_source_values(fomo_tree, nnunet_dirs):
+    """An int16 scan is written as int16 (half the bytes of float32); nnU-Net's reader gives the source's values."""
+    from nnunetv2.imageio.simpleitk_reader_writer import SimpleITKIO
+
+    tree = fomo_tree(3)
+    for subject in range(1, N_SUBJECTS + 1):
+        files = tree.add_case(f"sub_{subject}", label=20.0 + subject, seed=subject)
+    scan = np.round(brain_volume(TINY_SHAPE, seed=7) * 1000).astype(np.int16)
+    write_nifti(files["t1"], scan)
+    out = convert_fomo_dataset(3, tree.root, 13)
+    converted = out / f"imagesTr/sub_{N_SUBJECTS}_ses_1_0000.nii.gz"
+    assert sitk.ReadImage(str(converted)).GetPixelID() == sitk.sitkInt16
+    images, _ = SimpleITKIO().read_images([str(converted)])
+    np.testing.assert_array_equal(images[0].transpose(), scan.astype(np.float32))

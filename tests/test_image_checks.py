@@ -133,3 +133,36 @@ def test_nnunet_cases_follow_the_nan_rule(tmp_path):
     (case,) = nnunet_folder_cases(folder, DATASET_JSON, nan_to_zero=True)
     images, _ = case.read(SimpleITKIO())
     assert np.isfinite(images).all()
+
+
+@pytest.mark.parametrize("stored, slope, kept", [(np.int16, None, np.int16), (np.uint8, None, np.uint8),
+                                                 (np.int16, 0.5, np.float32), (np.int32, None, np.float32),
+                                                 (np.float64, None, np.float32)])
+def test_exact_integer_storage_is_kept_and_everything_else_read_as_float32(tmp_path, stored, slope, kept):
+    """Unscaled integers of at most 16 bits keep their type (float32 holds them exactly); scaled or wider voxels
+    come as float32. Either way the values are nibabel's."""
+    volume = np.round(brain_volume(TINY_SHAPE, seed=3) * 100).astype(stored)
+    nifti = nib.Nifti1Image(volume, RAS_AFFINE)
+    if slope is not None:
+        nifti.header.set_slope_inter(slope, 0.0)
+    path = tmp_path / "t1.nii.gz"
+    nib.save(nifti, path)
+    array = sitk.GetArrayFromImage(read_nifti(path))
+    assert array.dtype == kept
+    np.testing.assert_array_equal(array.transpose(), nib.load(path).get_fdata(dtype=np.float32))
+
+
+def test_integer_images_resample_linearly_into_float32_and_masks_keep_their_type():
+    """Interpolated integers are no integers: resampling a scan onto a shifted grid gives float32 (the mean of
+    two neighbours, not its truncation); nearest-neighbour resampling of a mask keeps uint8."""
+    from nnunet_ext.dataset_conversion.fomo_reader import onto_grid
+
+    scan = sitk.GetImageFromArray(np.tile(np.arange(32, dtype=np.int16), (4, 4, 1)))
+    reference = sitk.Image(scan.GetSize(), sitk.sitkFloat32)
+    reference.SetOrigin((0.5, 0.0, 0.0))  # half a voxel along x: every value falls between two voxels
+    resampled = onto_grid(scan, Path("t1.nii.gz"), reference, Path("flair.nii.gz"), sitk.sitkLinear)
+    assert resampled.GetPixelID() == sitk.sitkFloat32
+    assert sitk.GetArrayViewFromImage(resampled)[0, 0, :3].tolist() == [0.5, 1.5, 2.5]
+    mask = sitk.Cast(scan > 15, sitk.sitkUInt8)
+    assert onto_grid(mask, Path("seg.nii.gz"), reference, Path("flair.nii.gz"),
+                     sitk.sitkNearestNeighbor).GetPixelID() == sitk.sitkUInt8

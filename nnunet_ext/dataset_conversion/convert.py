@@ -76,11 +76,12 @@ OUTLIER_IQR_FACTOR = 3.0
 
 @dataclass(frozen=True)
 class WrittenCase:
-    """What the summary reports of one converted case."""
+    """What the summary reports of one converted case, and the lesion volume of a Task 2 case (its target)."""
 
     spacing: Tuple[float, ...]
     shape: Tuple[int, ...]
     nonfinite_voxels: int
+    lesion_volume_ml: Optional[float] = None
 
 
 def dataset_folder(dataset_id: int, name: str, overwrite: bool) -> Path:
@@ -146,11 +147,6 @@ def read_case_mask(layout: FomoLayout, case: FomoCase) -> sitk.Image:
     return check_mask(layout.read_mask(case), case.mask_source)
 
 
-def case_target(layout: FomoLayout, case: FomoCase) -> float:
-    """The target stored in dataset.json: class or age from label.txt, lesion volume (ml) for segmentation."""
-    if layout.task.task_type == SEGMENTATION:
-        return lesion_volume_ml(read_case_mask(layout, case))
-    return read_target(case.label, layout.task)
 
 
 def case_images(layout: FomoLayout, case: FomoCase, nan_to_zero: bool,
@@ -169,36 +165,53 @@ def case_images(layout: FomoLayout, case: FomoCase, nan_to_zero: bool,
     return aligned, nonfinite
 
 
-def case_label_map(layout: FomoLayout, case: FomoCase, images: Dict[str, sitk.Image]) -> sitk.Image:
-    """labelsTr content: the Task 2 mask on the images' grid, or the brain (non-zero) mask for tasks 1 and 3."""
+def case_label_map(layout: FomoLayout, case: FomoCase,
+                   images: Dict[str, sitk.Image]) -> Tuple[sitk.Image, Optional[float]]:
+    """labelsTr content: the Task 2 mask on the images' grid with its lesion volume (ml, on the mask's own grid),
+    or the brain (non-zero) mask for tasks 1 and 3 (and None)."""
     reference_channel = next(iter(images))
     reference = images[reference_channel]
     if layout.task.task_type != SEGMENTATION:
         brain = np.any([sitk.GetArrayViewFromImage(image) != 0 for image in images.values()], axis=0)
         mask = sitk.GetImageFromArray(brain.astype(np.uint8))
         mask.CopyInformation(reference)
-        return mask
+        return mask, None
     mask = read_case_mask(layout, case)
     if mask.GetSize() != reference.GetSize():
         raise FomoInputError(f"mask shape {mask.GetSize()} does not match the image shape {reference.GetSize()} of "
                              f"{case.images[reference_channel].name}", case.mask_source)
-    return onto_grid(mask, case.mask_source, reference, case.images[reference_channel], sitk.sitkNearestNeighbor)
+    on_grid = onto_grid(mask, case.mask_source, reference, case.images[reference_channel], sitk.sitkNearestNeighbor)
+    return on_grid, lesion_volume_ml(mask)
 
 
 def write_case(layout: FomoLayout, case: FomoCase, channels: Sequence[str], images_dir: Path, labels_dir: Path,
                nan_to_zero: bool) -> WrittenCase:
     """Write one case's channels (a zero image for a missing one) and its label map in nnU-Net's naming, in RAS."""
     images, nonfinite = case_images(layout, case, nan_to_zero)
-    label_map = to_ras(case_label_map(layout, case, images))
+    label_map, lesion_volume = case_label_map(layout, case, images)
+    label_map = to_ras(label_map)
     images = {channel: to_ras(image) for channel, image in images.items()}
+    files = case_files(case.case_id, len(channels), images_dir, labels_dir)
     for index, channel in enumerate(channels):
         image = images.get(channel)
         if image is None:  # missing modality under the "zeros" strategy; zero is background to nnU-Net
             image = sitk.Image(label_map.GetSize(), sitk.sitkFloat32)
             image.CopyInformation(label_map)
-        sitk.WriteImage(image, str(images_dir / f"{case.case_id}_{index:04d}{FILE_ENDING}"), useCompression=True)
-    sitk.WriteImage(label_map, str(labels_dir / f"{case.case_id}{FILE_ENDING}"), useCompression=True)
-    return WrittenCase(tuple(label_map.GetSpacing()), tuple(label_map.GetSize()), nonfinite)
+        sitk.WriteImage(image, str(files[index]), useCompression=True)
+    sitk.WriteImage(label_map, str(files[-1]), useCompression=True)
+    return WrittenCase(tuple(label_map.GetSpacing()), tuple(label_map.GetSize()), nonfinite, lesion_volume)
+
+
+def case_files(case_id: str, n_channels: int, images_dir: Path, labels_dir: Path) -> List[Path]:
+    """The files :func:`write_case` writes for ``case_id``: its channels, then its label map."""
+    return [images_dir / f"{case_id}_{index:04d}{FILE_ENDING}" for index in range(n_channels)] + \
+        [labels_dir / f"{case_id}{FILE_ENDING}"]
+
+
+def move_case(case_id: str, n_channels: int, source: Tuple[Path, Path], target: Tuple[Path, Path]) -> None:
+    """Move a written case's files from one (images, labels) folder pair to another (a rename, no copy)."""
+    for old, new in zip(case_files(case_id, n_channels, *source), case_files(case_id, n_channels, *target)):
+        old.rename(new)
 
 
 def split_cases(cases: List[FomoCase], targets: Dict[str, float], task: TaskSpec, test_fraction: float,
@@ -300,20 +313,24 @@ def convert_fomo_dataset(task_id: int, input_dir: os.PathLike | str, dataset_id:
     layout = detect_layout(Path(input_dir).resolve(), task, spacing)
     log.info("found the %s layout in %s", layout.name, layout.root)
     channels, cases, missing = resolve_channels(layout.discover(), task, missing_modality)
-    targets = {case.case_id: case_target(layout, case) for case in tqdm(cases, desc="reading targets")}
-    train, test, folds = split_cases(cases, targets, task, test_fraction, seed, n_folds)
-    in_test = set(test)
-
+    # Tasks 1 and 3: the targets (label.txt) before any image, so that a bad one fails at once. Task 2's target is
+    # the lesion volume, measured on the mask as the case is written (one read of each mask). The split needs every
+    # target: cases are written to imagesTr, and the test cases then move to imagesTs.
+    segmentation = task.task_type == SEGMENTATION
+    targets = {} if segmentation else {case.case_id: read_target(case.label, task)
+                                       for case in tqdm(cases, desc="reading targets")}
     with atomic_directory(output, overwrite=overwrite) as tmp:
         folders = {part: (tmp / f"images{part}", tmp / f"labels{part}") for part in ("Tr", "Ts")}
         for images_dir, labels_dir in folders.values():
             images_dir.mkdir()
             labels_dir.mkdir()
-        written = {
-            case.case_id: write_case(layout, case, channels, *folders["Ts" if case.case_id in in_test else "Tr"],
-                                     nan_policy == NAN_ZERO)
-            for case in tqdm(cases, desc="converting cases")
-        }
+        written = {case.case_id: write_case(layout, case, channels, *folders["Tr"], nan_policy == NAN_ZERO)
+                   for case in tqdm(cases, desc="converting cases")}
+        if segmentation:
+            targets = {case_id: w.lesion_volume_ml for case_id, w in written.items()}
+        train, test, folds = split_cases(cases, targets, task, test_fraction, seed, n_folds)
+        for case_id in test:
+            move_case(case_id, len(channels), folders["Tr"], folders["Ts"])
         label_name = task.target_name if task.task_type == SEGMENTATION else BRAIN_LABEL
         generate_dataset_json(
             str(tmp), dict(enumerate(channels)), {"background": 0, label_name: 1}, len(train), FILE_ENDING,

@@ -77,6 +77,8 @@ RAS_DIRECTION = (-1.0, 0.0, 0.0, 0.0, -1.0, 0.0, 0.0, 0.0, 1.0)
 MAX_DIRECTION_DEVIATION = 0.05
 #: Smallest intersection-over-union of two images' physical extents still treated as co-registered.
 MIN_FIELD_OF_VIEW_OVERLAP = 0.9
+#: Integer storage types whose every value float32 holds exactly: such voxels keep their type (see read_nifti).
+EXACT_IN_FLOAT32 = (np.int8, np.uint8, np.int16, np.uint16)
 
 
 @dataclass(frozen=True)
@@ -138,7 +140,11 @@ def find_label(labels_root: Path, subject_dir: str, session_dir: str, label_file
 
 
 def read_nifti(path: Path) -> sitk.Image:
-    """Read a 3D NIfTI as float32: the voxels through nibabel, the geometry through SimpleITK.
+    """Read a 3D NIfTI: the voxels through nibabel, the geometry through SimpleITK.
+
+    The voxels come as float32, or in the file's own integer type where it stores unscaled integers of at most
+    16 bits (:data:`EXACT_IN_FLOAT32`): nnU-Net reads both as the same float32 values, and a converted int16 scan
+    stays half the size of its float32 copy (and twice as fast to compress).
 
     SimpleITK, which nnU-Net reads the data with, silently zero-fills a truncated .nii.gz, reads NaN voxels as 0
     and stores a zero voxel size as 1 mm; nibabel reports all three, and the geometry is checked on its view of
@@ -151,7 +157,7 @@ def read_nifti(path: Path) -> sitk.Image:
     header.SetFileName(str(path))
     try:
         header.ReadImageInformation()
-        voxels = nifti.get_fdata(dtype=np.float32).reshape(shape)
+        voxels = _voxels(nifti).reshape(shape)
     except (RuntimeError, OSError, EOFError, ValueError, zlib.error, ImageFileError) as e:
         reason = str(e).strip().splitlines()[-1] if str(e).strip() else type(e).__name__
         raise FomoInputError(f"corrupt or truncated NIfTI ({reason})", path) from None
@@ -164,13 +170,26 @@ def read_nifti(path: Path) -> sitk.Image:
     return image
 
 
+def _voxels(nifti: nib.Nifti1Image) -> np.ndarray:
+    """The voxels, in their stored integer type where float32 holds them exactly and no scaling applies."""
+    stored = nifti.get_data_dtype()
+    scaling = nifti.dataobj.slope, nifti.dataobj.inter
+    if any(np.issubdtype(stored, kind) for kind in EXACT_IN_FLOAT32) and scaling == (1.0, 0.0):
+        return np.asarray(nifti.dataobj)
+    return nifti.get_fdata(dtype=np.float32)
+
+
 def orientation_of(image: sitk.Image) -> str:
     """The image's closest orientation code in SimpleITK's naming (``"RAS"`` for a NIfTI RAS+ image)."""
     return sitk.DICOMOrientImageFilter.GetOrientationFromDirectionCosines(image.GetDirection())
 
 
 def to_ras(image: sitk.Image) -> sitk.Image:
-    """The image in :data:`TARGET_ORIENTATION`: axes permuted and flipped, voxels untouched (no resampling)."""
+    """The image in :data:`TARGET_ORIENTATION`: axes permuted and flipped, voxels untouched (no resampling).
+
+    An image already in that orientation is returned as it is (reorienting would copy its voxels for nothing)."""
+    if orientation_of(image) == TARGET_ORIENTATION:
+        return image
     return sitk.DICOMOrient(image, TARGET_ORIENTATION)
 
 
@@ -281,7 +300,9 @@ def onto_grid(image: sitk.Image, path: Path, reference: sitk.Image, reference_pa
                     path, "; ".join(problems), reference_path.name)
     else:
         log.info("%s: resampled onto the grid of %s", path, reference_path.name)
-    return sitk.Resample(image, reference, sitk.Transform(), interpolator, 0.0, image.GetPixelID())
+    # interpolated values of integer voxels are no integers: they resample into float32
+    pixel_type = sitk.sitkFloat32 if interpolator != sitk.sitkNearestNeighbor else image.GetPixelID()
+    return sitk.Resample(image, reference, sitk.Transform(), interpolator, 0.0, pixel_type)
 
 
 def nifti_files(folder: Path) -> Dict[str, Path]:
@@ -317,7 +338,8 @@ class FomoLayout(ABC):
 
     @abstractmethod
     def read_images(self, case: FomoCase) -> Dict[str, sitk.Image]:
-        """The present channels of a case as float32 images (on their own grids)."""
+        """The present channels of a case as images (float32, or exact integers: see read_nifti), on their own
+        grids."""
 
     @abstractmethod
     def read_mask(self, case: FomoCase) -> sitk.Image:
