@@ -25,8 +25,9 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:  # run as a script from a clone without installing
     sys.path.insert(0, str(REPO))
 
-from reporting import write_report  # noqa: E402  (beside this script)
+from reporting import check_out_folder, write_report  # noqa: E402  (beside this script)
 
+from nnunet_ext.errors import cli_entry  # noqa: E402
 from nnunet_ext.utils.arguments import int_at_least  # noqa: E402
 
 #: nnU-Net dataset id of the benchmark's conversions (7xx: out of the way of real and demo datasets).
@@ -118,8 +119,10 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+@cli_entry
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
+    check_out_folder(args.out)
     if args.quick:
         args.cases, args.shape, args.repeats = QUICK_CASES, QUICK_SHAPE, QUICK_REPEATS
     args.out.mkdir(parents=True, exist_ok=True)

@@ -45,8 +45,9 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:  # run as a script from a clone without installing
     sys.path.insert(0, str(REPO))
 
-from reporting import quiet_work_folder, write_report  # noqa: E402  (beside this script)
+from reporting import check_device, check_out_folder, quiet_work_folder, write_report  # noqa: E402  (beside it)
 
+from nnunet_ext.errors import cli_entry  # noqa: E402
 from nnunet_ext.utils.arguments import int_at_least, positive_float  # noqa: E402
 
 #: nnU-Net dataset id of the benchmark's dataset (7xx: out of the way of real and demo datasets).
@@ -363,8 +364,11 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+@cli_entry
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
+    check_out_folder(args.out)
+    check_device(args.device)
     if args.quick:
         args.cases, args.spacing, args.patch_edges = QUICK_CASES, QUICK_SPACING_MM, QUICK_PATCH_EDGES
         args.batches, args.repeats, args.starting_filters = QUICK_BATCHES, QUICK_REPEATS, QUICK_STARTING_FILTERS

@@ -32,8 +32,9 @@ for folder in (REPO, REPO / "benchmarks"):  # run as a script from a clone witho
         sys.path.insert(0, str(folder))
 
 from inference import BRAIN_SHAPE, CONFIGURATION, TRAINERS, configure_environment, plan_task  # noqa: E402
-from reporting import quiet_work_folder, write_report  # noqa: E402
+from reporting import check_device, check_out_folder, quiet_work_folder, write_report  # noqa: E402
 
+from nnunet_ext.errors import cli_entry  # noqa: E402
 from nnunet_ext.utils.arguments import int_at_least  # noqa: E402
 
 #: nnU-Net dataset ids, per task (7xx: out of the way of real, demo and the other benchmarks' datasets).
@@ -153,8 +154,11 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+@cli_entry
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
+    check_out_folder(args.out)
+    check_device(args.device)
     scale = 1.0
     if args.quick:
         args.starting_filters, args.cases, scale = QUICK_STARTING_FILTERS, QUICK_CASES, QUICK_SCALE

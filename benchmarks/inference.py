@@ -24,6 +24,7 @@ case on one GPU; on a CPU these figures show where the time goes. Writes ``infer
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import shutil
 import statistics
@@ -38,8 +39,9 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:  # run as a script from a clone without installing
     sys.path.insert(0, str(REPO))
 
-from reporting import quiet_work_folder, write_report  # noqa: E402  (beside this script)
+from reporting import check_device, check_out_folder, quiet_work_folder, write_report  # noqa: E402  (beside it)
 
+from nnunet_ext.errors import cli_entry  # noqa: E402
 from nnunet_ext.utils.arguments import int_at_least  # noqa: E402  (light: no nnU-Net import)
 
 #: nnU-Net dataset ids of the benchmark's models, per task (7xx: out of the way of real and demo datasets).
@@ -111,20 +113,26 @@ def plan_task(task: int, dataset_id: int, starting_filters: int, work: Path, pat
               n_cases: int = PLANNING_CASES, shape: Sequence[int] = QUICK_SHAPE, scale: float = PLANNING_SCALE) -> None:
     """Synthetic data -> fomo_convert -> fomo_plan_and_preprocess at 1 mm with a checkpoint of the chosen width.
 
-    ``patch`` None: the planner's default (the FOMO patch capped by the data's median shape)."""
+    ``patch`` None: the planner's default (the FOMO patch capped by the data's median shape); otherwise the plans'
+    patch is set to it after planning (preprocessing does not depend on it): the small planning heads are far
+    smaller than a brain-sized patch, which ``fomo_plan_and_preprocess`` rightly refuses for real data."""
     from nnunet_ext.dataset_conversion.convert import convert_fomo_dataset
     from nnunet_ext.dataset_conversion.synthetic import make_synthetic_dataset
     from nnunet_ext.preprocessing.plan_and_preprocess import fomo_plan_and_preprocess
-    from nnunet_ext.preprocessing.planner import FomoPlanSettings
+    from nnunet_ext.preprocessing.planner import FomoPlanSettings, validate_patch_size
     from nnunet_ext.pretrained.testing import make_fomo_checkpoint
+    from nnunet_ext.utils.files import atomic_write_json
 
     checkpoint = make_fomo_checkpoint(work / f"unet_b_f{starting_filters}.ckpt", starting_filters=starting_filters)
     source = make_synthetic_dataset(task, work / f"planning_task{task}", n_cases=n_cases, seed=task,
                                     shape=tuple(shape), scale=scale)
     convert_fomo_dataset(task, source, dataset_id)
-    fomo_plan_and_preprocess(dataset_id, FomoPlanSettings(starting_filters=starting_filters,
-                                                          patch_size=None if patch is None else tuple(patch),
-                                                          pretrained=checkpoint), num_processes=1)
+    plans_file = fomo_plan_and_preprocess(dataset_id, FomoPlanSettings(starting_filters=starting_filters,
+                                                                       pretrained=checkpoint), num_processes=1)
+    if patch is not None:
+        plans = json.loads(plans_file.read_text())
+        plans["configurations"][CONFIGURATION]["patch_size"] = [int(edge) for edge in validate_patch_size(patch)]
+        atomic_write_json(plans_file, plans)
 
 
 def make_model_folder(task: int) -> Path:
@@ -391,8 +399,11 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+@cli_entry
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
+    check_out_folder(args.out)
+    check_device(args.device)
     settings = Settings(out=args.out, tasks=sorted(set(args.tasks)), starting_filters=args.starting_filters,
                         shape=tuple(args.shape), repeats=args.repeats, max_direct_passes=args.max_direct_passes,
                         device=args.device, patch_from_planning_data=False)

@@ -36,6 +36,8 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:  # run as a script from a clone without installing
     sys.path.insert(0, str(REPO))
 
+from reporting import check_device, check_out_folder  # noqa: E402  (beside this script)
+
 from nnunet_ext.errors import FomoInputError, cli_entry  # noqa: E402  (light: no nnU-Net import)
 
 #: The data as shipped next to the clone (see ../shared/data/README.md).
@@ -188,6 +190,15 @@ class BenchmarkSettings:
 # -- set-up -------------------------------------------------------------------------------------------------
 
 
+def check_inputs(settings: BenchmarkSettings) -> None:
+    """Refuse bad ``--out``, ``--device``, ``--ixi`` or ``--pretrained`` before anything is created."""
+    check_out_folder(settings.out)
+    check_device(settings.device)
+    check_ixi(settings.ixi)
+    if settings.pretrained is not None:
+        checkpoint_layout(settings.pretrained)
+
+
 def prepare_output(out: Path) -> None:
     """Start from an empty ``out``: a previous benchmark output is replaced, any other non-empty folder refused."""
     if out.exists() and any(out.iterdir()):
@@ -272,8 +283,7 @@ def convert_and_plan(settings: BenchmarkSettings) -> str:
     from nnunet_ext.preprocessing.plan_and_preprocess import fomo_plan_and_preprocess
     from nnunet_ext.preprocessing.planner import FomoPlanSettings
 
-    source = settings.ixi
-    check_ixi(source)
+    source = settings.ixi  # checked by check_inputs
     if settings.subjects is not None:
         source = subset_folder(settings.ixi, settings.subjects, settings.out)
     dataset = convert_fomo_dataset(FOMO_TASK, source, DATASET_ID, test_fraction=0.0, seed=settings.seed,
@@ -472,6 +482,7 @@ def predict_command(dataset_name: str, trainer: str, folds: Sequence[int]) -> st
 def run_benchmark(settings: BenchmarkSettings) -> Dict[str, Any]:
     """Convert, plan, train every fold, score against the baselines; write JSON and the figure."""
     started = time.monotonic()
+    check_inputs(settings)
     prepare_output(settings.out)
     configure_environment(settings.out)
     from nnunet_ext.evaluation.report import json_safe

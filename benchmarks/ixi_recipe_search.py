@@ -91,6 +91,7 @@ RECIPES: Tuple[Recipe, ...] = (
 def run_search(settings: bench.BenchmarkSettings, recipes: Sequence[Recipe]) -> Dict[str, Any]:
     """Train every recipe on ``settings.folds``; print and save the comparison."""
     started = time.monotonic()
+    bench.check_inputs(settings)
     bench.prepare_output(settings.out)
     bench.configure_environment(settings.out)
     from nnunet_ext.evaluation.report import json_safe

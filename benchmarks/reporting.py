@@ -1,5 +1,6 @@
-"""What every benchmark script does around its measurement: a work folder and a log for the libraries' output
-under ``--out``, then its figures as JSON (for machines) and as a printed table (for people)."""
+"""What every benchmark script does around its measurement: its common options checked before anything is created,
+a work folder and a log for the libraries' output under ``--out``, then its figures as JSON (for machines) and as a
+printed table (for people)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,29 @@ import sys
 import tempfile
 from pathlib import Path
 from typing import Any, Iterator, Mapping
+
+from nnunet_ext.errors import FomoInputError
+
+
+#: The device option that needs a GPU.
+CUDA = "cuda"
+
+
+def check_out_folder(out: Path) -> Path:
+    """``--out`` as a folder to write into, refusing (without creating anything) a file or a folder that cannot be
+    written: the benchmark would fail after minutes of work otherwise."""
+    from nnunet_ext.utils.files import check_writable_folder
+
+    return check_writable_folder(out, "--out")
+
+
+def check_device(device: str) -> None:
+    """Refuse ``--device cuda`` on a machine where torch sees no CUDA GPU (torch would fail at the first tensor)."""
+    if device == CUDA:
+        import torch
+
+        if not torch.cuda.is_available():
+            raise FomoInputError("--device cuda: torch sees no CUDA GPU on this machine; use --device cpu")
 
 
 @contextlib.contextmanager

@@ -59,9 +59,10 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:  # run as a script from a clone without installing
     sys.path.insert(0, str(REPO))
 
-from reporting import write_report  # noqa: E402  (beside this script)
+from reporting import check_device, check_out_folder, write_report  # noqa: E402  (beside this script)
 
 from nnunet_ext.dataset_conversion.tasks import CLASSIFICATION, REGRESSION, SEGMENTATION  # noqa: E402
+from nnunet_ext.errors import cli_entry  # noqa: E402
 from nnunet_ext.utils.arguments import float_in, int_at_least  # noqa: E402
 
 #: FOMO task of each task type and the nnU-Net dataset id of its benchmark dataset (7xx: out of the way of real
@@ -444,8 +445,11 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+@cli_entry
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
+    check_out_folder(args.out)
+    check_device(args.device)
     settings = Settings(tuple(args.tasks), args.device, args.starting_filters, tuple(args.patch_size), args.cases,
                         args.head_scale, args.rounds, args.steps, args.workers)
     if args.quick:

@@ -8,7 +8,6 @@ core, each in a folder of its own, and each case's test checks its command's res
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -148,32 +147,3 @@ def test_every_command_refuses_bad_input_with_one_line_and_status_2(case, comman
     errors = [line for line in done.stderr.splitlines() if "error: " in line]
     assert len(errors) == 1 and message in errors[0], done.stderr
     assert run.after == run.before  # nothing written
-
-
-#: A fresh interpreter (no other threads to fork with): a forked child is ended by SIGTERM as by default, while
-#: the process that installed the handler gets Terminated.
-FORKED_CHILD_SIGTERM = """
-import multiprocessing, os, signal, sys, time
-from nnunet_ext.errors import Terminated, terminate_gracefully
-with terminate_gracefully():
-    child = multiprocessing.get_context("fork").Process(target=time.sleep, args=(60,))
-    child.start()
-    time.sleep(1)
-    child.terminate()
-    child.join(timeout=10)
-    print("child", child.exitcode)
-    try:
-        os.kill(os.getpid(), signal.SIGTERM)
-        time.sleep(5)
-    except Terminated as e:
-        print("owner", e.code)
-"""
-
-
-def test_sigterm_ends_a_forked_child_as_by_default_and_raises_only_in_the_owner():
-    """nnU-Net forks worker pools inside our commands and ends them with SIGTERM (Pool.terminate); a child that
-    turned it into an exception ran its exit clean-up on the pool's locks and could hang its parent forever."""
-    done = subprocess.run([sys.executable, "-c", FORKED_CHILD_SIGTERM], capture_output=True, text=True, timeout=60)
-    assert done.returncode == 0, done.stderr
-    # killed by the signal (-15), not exit status 143 from Terminated or still alive (None)
-    assert done.stdout.split("\n")[:2] == [f"child {-signal.SIGTERM}", f"owner {128 + signal.SIGTERM}"]

@@ -186,6 +186,17 @@ def test_npy_layout_spacing_flag_and_labels_tree(fomo_tree, nnunet_dirs):
     assert dataset_json(out)[FOMO_KEY]["targets"]["sub_7_ses_1"] == 37.0
 
 
+def test_npy_array_with_one_scan_as_two_channels_is_refused(fomo_tree, nnunet_dirs):
+    tree = fomo_tree(3)
+    for subject in range(1, N_SUBJECTS + 1):
+        tree.add_case(f"sub_{subject}", label=30.0 + subject, seed=subject)
+    folder = npy_copy(tree, mask_in_array=False)
+    t1 = np.load(folder / "sub_4.npy")[0]
+    np.save(folder / "sub_4.npy", np.stack([t1, t1]))
+    with pytest.raises(FomoInputError, match="sub_4.npy: channels T1 and T2 are identical"):
+        convert_fomo_dataset(3, folder, 23)
+
+
 def test_test_fraction_holds_out_whole_subjects(fomo_tree, nnunet_dirs):
     tree = quirky_task1_tree(fomo_tree(1))
     out = convert_fomo_dataset(1, tree.root, 11, test_fraction=0.2, seed=1)

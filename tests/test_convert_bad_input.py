@@ -5,6 +5,7 @@ from __future__ import annotations
 import gzip
 import logging
 import os
+import shutil
 import signal
 from pathlib import Path
 from typing import Callable
@@ -129,6 +130,89 @@ def two_spellings_of_a_modality(tree: FomoTree) -> Path:
     return files["flair"].parent
 
 
+def dangling_link(path: Path) -> Path:
+    """Replace ``path`` by a link to a file that does not exist."""
+    path.unlink()
+    path.symlink_to("moved-away.nii.gz")
+    return path
+
+
+def dangling_flair(tree: FomoTree) -> Path:
+    return dangling_link(tree.add_case("sub_9")["flair"])
+
+
+def dangling_upper_case_flair(tree: FomoTree) -> Path:
+    """A near-miss spelling (upper case, uncompressed) that is a dangling link."""
+    flair = tree.add_case("sub_9")["flair"]
+    flair.unlink()
+    return dangling_link(write_nifti(flair.with_name("FLAIR.nii"), brain_volume(TINY_SHAPE, seed=9)))
+
+
+def folder_as_modality(tree: FomoTree) -> Path:
+    adc = tree.add_case("sub_9")["adc"]
+    adc.unlink()
+    adc.mkdir()
+    return adc
+
+
+def empty_modality(tree: FomoTree) -> Path:
+    t2 = tree.add_case("sub_9")["t2"]
+    t2.write_bytes(b"")
+    return t2
+
+
+def dangling_label(tree: FomoTree) -> Path:
+    return dangling_link(tree.add_case("sub_9")["label"])
+
+
+def misnamed_label(tree: FomoTree) -> Path:
+    label = tree.add_case("sub_9")["label"]
+    label.rename(label.with_name("label.csv"))
+    return label
+
+
+def two_labels_of_one_session(tree: FomoTree) -> Path:
+    label = tree.add_case("sub_9")["label"]
+    write_nifti(label.with_name("seg.nii"), np.zeros(TINY_SHAPE, np.uint8))
+    return label.parent
+
+
+def label_with_and_without_session_level(tree: FomoTree) -> Path:
+    label = tree.add_case("sub_9")["label"]
+    shutil.copy(label, label.parent.parent / label.name)
+    return label.parent
+
+
+def label_without_images(tree: FomoTree) -> Path:
+    files = tree.add_case("sub_9")
+    shutil.rmtree(tree.root / "preprocessed/sub_9")
+    return files["label"]
+
+
+def session_label_without_images(tree: FomoTree) -> Path:
+    label = tree.root / "labels/sub_1/ses_2/label.txt"
+    label.parent.mkdir()
+    label.write_text("1\n")
+    return label
+
+
+def linked_modality(tree: FomoTree) -> Path:
+    files = tree.add_case("sub_9")
+    files["adc"].unlink()
+    files["adc"].symlink_to(files["flair"].name)
+    return files["adc"].parent
+
+
+def copied_modality(tree: FomoTree) -> Path:
+    files = tree.add_case("sub_9")
+    shutil.copy(files["dwi_b1000"], files["swi"])
+    return files["swi"].parent
+
+
+def one_slice_scan(tree: FomoTree) -> Path:
+    return tree.add_case("sub_9", shape=(*TINY_SHAPE[:2], 1))["t1"]
+
+
 # (task, how the input is spoilt, what the message says)
 CASES = {
     "missing label.txt": (1, missing_label, "missing label.txt"),
@@ -151,6 +235,20 @@ CASES = {
     "negative voxel size": (3, negative_voxel_size, "voxel size [-1.0, 1.0, 1.0] mm"),
     "4D series": (1, series_of_volumes, "a series of volumes"),
     "FLAIR.nii beside flair.nii.gz": (2, two_spellings_of_a_modality, "FLAIR.nii and flair.nii.gz are both"),
+    # a file there under a modality's name is never taken for a missing modality, whatever is wrong with it
+    "dangling link flair": (2, dangling_flair, "is a link to moved-away.nii.gz, which does not exist"),
+    "dangling link FLAIR.nii": (1, dangling_upper_case_flair, "is a link to moved-away.nii.gz, which does not exist"),
+    "folder as modality": (1, folder_as_modality, "is a folder, not a file"),
+    "empty modality file": (3, empty_modality, "is empty (0 bytes)"),
+    "dangling link label.txt": (1, dangling_label, "is a link to moved-away.nii.gz, which does not exist"),
+    "label.csv for label.txt": (1, misnamed_label, "missing label.txt (found label.csv)"),
+    "seg.nii beside seg.nii.gz": (2, two_labels_of_one_session, "are labels of one session; keep one"),
+    "label in sub_ and ses_ folder": (3, label_with_and_without_session_level, "are labels of one session"),
+    "label of a subject without images": (3, label_without_images, "a label without images"),
+    "label of a session without images": (1, session_label_without_images, "a label without images"),
+    "one scan linked as two modalities": (1, linked_modality, "flair.nii.gz and adc.nii.gz are one scan (the same file)"),
+    "one scan copied as two modalities": (2, copied_modality, "dwi_b1000.nii.gz and swi.nii.gz are one scan (identical copies)"),
+    "one-slice scan": (3, one_slice_scan, "a single slice or a thin slab, not a 3-D brain volume"),
 }
 
 
@@ -176,7 +274,8 @@ def test_bad_input_is_refused_naming_the_file(case, fomo_tree, nnunet_dirs, caps
     (lambda root: (root / "preprocessed").mkdir() or root, "no sub_<N> folders found"),
     (lambda root: (root / "images").mkdir() or root, "neither a FOMO task folder"),  # wrong folder
     (lambda root: root / "does-not-exist", "input folder does not exist"),
-], ids=["empty", "empty preprocessed", "wrong folder", "missing folder"])
+    (lambda root: write_nifti(root / "flair.nii.gz", brain_volume(TINY_SHAPE, seed=0)), "is a file, not a folder"),
+], ids=["empty", "empty preprocessed", "wrong folder", "missing folder", "a file"])
 def test_empty_or_wrong_input_folder(make_input: Callable[[Path], Path], message, tmp_path, nnunet_dirs, capsys):
     root = tmp_path / "input"
     root.mkdir()
@@ -192,6 +291,53 @@ def test_unset_nnunet_raw(fomo_tree, monkeypatch, capsys):
     monkeypatch.delenv("nnUNet_raw", raising=False)
     assert run_convert(["--task", "1", "-i", str(tree.root), "-d", "7"]) == EXIT_BAD_INPUT
     assert "nnUNet_raw is not set" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("make_raw, message", [
+    (lambda raw: raw.write_text("") or raw, "nnUNet_raw is a file, not a folder"),
+    (lambda raw: raw.write_text("") or raw / "raw", "cannot create nnUNet_raw"),
+], ids=["file", "below a file"])
+def test_nnunet_raw_that_is_no_folder(make_raw, message, fomo_tree, nnunet_dirs, monkeypatch, capsys):
+    raw = make_raw(nnunet_dirs["nnUNet_raw"].with_name("raw-file"))
+    monkeypatch.setenv("nnUNet_raw", str(raw))
+    assert run_convert(["--task", "1", "-i", str(filled_tree(fomo_tree, 1).root), "-d", "7"]) == EXIT_BAD_INPUT
+    error = capsys.readouterr().err
+    assert message in error and "raw-file" in error and len(error.splitlines()) == 1
+
+
+def test_nnunet_raw_that_cannot_be_written(fomo_tree, nnunet_dirs, monkeypatch, capsys):
+    raw = nnunet_dirs["nnUNet_raw"]
+    real_access = os.access
+    # the tests run as root, for whom chmod blocks nothing: the folder is made unwritable in os.access's answer
+    monkeypatch.setattr(os, "access", lambda path, mode, **kw: Path(path) != raw and real_access(path, mode, **kw))
+    assert run_convert(["--task", "1", "-i", str(filled_tree(fomo_tree, 1).root), "-d", "7"]) == EXIT_BAD_INPUT
+    assert f"error: {raw}: cannot write into nnUNet_raw: {raw} is not writable" in capsys.readouterr().err
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root reads every file whatever its mode")
+def test_unreadable_modality_is_refused(fomo_tree, nnunet_dirs, capsys):
+    tree = filled_tree(fomo_tree, 1)
+    flair = tree.add_case("sub_9")["flair"]
+    flair.chmod(0)
+    assert run_convert(["--task", "1", "-i", str(tree.root), "-d", "7"]) == EXIT_BAD_INPUT
+    assert f"{flair}: cannot be read (Permission denied)" in capsys.readouterr().err
+
+
+def test_uncompressed_and_upper_case_labels_are_read(fomo_tree, nnunet_dirs):
+    """``seg.nii`` / ``SEG.NII.GZ`` are the mask, as ``flair.nii`` is the FLAIR (not "missing seg.nii.gz")."""
+    tree = filled_tree(fomo_tree, 2)
+    masks = {}
+    for subject, name in ((8, "seg.nii"), (9, "SEG.NII.GZ")):
+        label = tree.add_case(f"sub_{subject}", seed=subject)["label"]
+        masks[subject] = np.zeros(TINY_SHAPE, np.uint8)
+        masks[subject][2:5, 2:5, 2:5 + subject - 8] = 1
+        write_nifti(label.with_name(f"tmp{name.lower()}"), masks[subject]).rename(label.with_name(name))
+        label.unlink()
+    assert main(["--task", "2", "-i", str(tree.root), "-d", "7"]) == 0
+    labels = nnunet_dirs["nnUNet_raw"] / "Dataset007_FOMOMeningioma/labelsTr"
+    for subject, mask in masks.items():
+        converted = sitk.GetArrayFromImage(sitk.ReadImage(str(labels / f"sub_{subject}_ses_1.nii.gz")))
+        np.testing.assert_array_equal(converted.transpose(), mask)
 
 
 def test_nan_to_zero_converts_and_reports(fomo_tree, nnunet_dirs, caplog):
@@ -213,10 +359,15 @@ def test_nan_to_zero_converts_and_reports(fomo_tree, nnunet_dirs, caplog):
     (["--test-fraction", "0.7"], "argument --test-fraction: must be in [0, 0.5], got 0.7"),
     (["-d", "1000"], "argument -d/--dataset-id: must be in 1..999"),
     (["--spacing", "1", "0", "1"], "argument --spacing: must be positive, got 0"),
+    (["--spacing", "1", "1", "1"], "--spacing applies to .npy arrays only"),  # NIfTI carries its own; never ignored
+    (["--missing-modality", "error"], "channel(s) SWI_or_T2star absent from every case: --missing-modality error"),
 ], ids=["path in name", "space in name", "one fold", "negative test fraction", "test fraction 0.7", "id 1000",
-        "zero spacing"])
+        "zero spacing", "spacing with NIfTI", "missing-modality error, channel absent everywhere"])
 def test_bad_options_are_refused_before_any_work(argv, message, fomo_tree, nnunet_dirs, tmp_path, capsys):
     tree = filled_tree(fomo_tree, 1)
+    if "--missing-modality" in argv:  # SWI/T2* absent from every subject
+        for swi in (tree.root / "preprocessed").rglob("swi.nii.gz"):
+            swi.unlink()
     before = sorted(tmp_path.rglob("*"))
     assert run_convert(["--task", "1", "-i", str(tree.root), "-d", "7", *argv]) == EXIT_BAD_INPUT
     assert message in capsys.readouterr().err

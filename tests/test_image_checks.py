@@ -166,3 +166,17 @@ def test_integer_images_resample_linearly_into_float32_and_masks_keep_their_type
     mask = sitk.Cast(scan > 15, sitk.sitkUInt8)
     assert onto_grid(mask, Path("seg.nii.gz"), reference, Path("flair.nii.gz"),
                      sitk.sitkNearestNeighbor).GetPixelID() == sitk.sitkUInt8
+
+
+def test_a_file_without_read_permission_is_refused_naming_it(tmp_path, monkeypatch):
+    """Root reads every file whatever its mode, so the refusal of the operating system is simulated."""
+    from nnunet_ext.dataset_conversion import image_checks
+
+    path = write_nifti(tmp_path / "flair.nii.gz", brain_volume(TINY_SHAPE, seed=1))
+
+    def refuse(*args, **kwargs):
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(image_checks, "open", refuse, raising=False)
+    with pytest.raises(FomoInputError, match="flair.nii.gz: cannot be read \\(Permission denied\\)"):
+        image_checks.check_readable_file(path)

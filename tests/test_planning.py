@@ -10,6 +10,8 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
+import math
+import os
 import pydoc
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,8 +35,9 @@ from nnunet_ext.networks import FomoUNet
 from nnunet_ext.preprocessing.fomo_plans import FOMO_PLANS_KEY, LEGACY_CHANNEL_ADAPTATION, FomoPlansBlock
 from nnunet_ext.preprocessing.normalization import FomoPretrainingNormalization, fomo_normalize
 from nnunet_ext.preprocessing.plan_and_preprocess import main
-from nnunet_ext.preprocessing.planner import (FULLRES, NETWORK_CLASS_NAME, FomoPlanner, FomoPlanSettings,
-                                              default_patch_size, pretrained_spec, task_from_dataset_json)
+from nnunet_ext.preprocessing.planner import (FULLRES, NETWORK_CLASS_NAME, PATCH_DIVISOR, FomoPlanner,
+                                              FomoPlanSettings, check_patch_fits_median, default_patch_size,
+                                              pretrained_spec, task_from_dataset_json)
 from nnunet_ext.pretrained.key_mapping import DEFAULT_CHANNEL_ADAPTATION
 from nnunet_ext.pretrained.testing import make_fomo_checkpoint
 
@@ -274,6 +277,22 @@ def test_planning_at_another_spacing(planned: Planned) -> None:
     assert plans["transpose_forward"] == [0, 1, 2]
 
 
+def test_an_explicit_patch_far_larger_than_the_median_shape_is_refused(planned: Planned) -> None:
+    median = planned.plans["configurations"][FULLRES]["median_image_size_in_voxels"]
+    huge = tuple(PATCH_DIVISOR * math.ceil(30 * edge / PATCH_DIVISOR) for edge in median)
+    planner = FomoPlanner(DATASET_ID, plans_name="HugePatchPlans",
+                          settings=FomoPlanSettings(patch_size=huge, starting_filters=FILTERS))
+    with pytest.raises(FomoInputError, match=r"--patch-size .* the median image shape"):
+        planner.plan_experiment()
+    assert not (planned.preprocessed / "HugePatchPlans.json").exists()
+
+
+def test_a_patch_up_to_twice_the_median_shape_is_accepted() -> None:
+    check_patch_fits_median((80, 80, 32), (40, 36.5, 10))  # 2 x 36.5 = 73 -> 80; the minimum edge is always allowed
+    with pytest.raises(FomoInputError, match=r"median image shape \[40.0, 36.5, 10.0\]"):
+        check_patch_fits_median((96, 80, 32), (40, 36.5, 10))
+
+
 @pytest.mark.parametrize("spacing", [["0"], ["-1"], ["1", "1", "nan"], ["1", "2"]])
 def test_cli_refuses_a_bad_spacing(spacing: List[str], capsys: pytest.CaptureFixture) -> None:
     with pytest.raises(SystemExit) as exit_info:
@@ -301,3 +320,37 @@ def test_cli_refuses_an_unknown_dataset(nnunet_dirs, capsys: pytest.CaptureFixtu
         main(["-d", "999", "-np", "1"])
     assert exit_info.value.code == EXIT_BAD_INPUT
     assert "999" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("variable, make, message", [
+    ("nnUNet_raw", lambda p: p.write_text(""), "nnUNet_raw must name a folder, but this is a file"),
+    ("nnUNet_preprocessed", lambda p: p.write_text(""), "nnUNet_preprocessed is a file, not a folder"),
+    ("nnUNet_preprocessed", lambda p: (p.parent / "file").write_text("") or p.parent / "file" / "sub",
+     "cannot create nnUNet_preprocessed"),
+], ids=["raw is a file", "preprocessed is a file", "preprocessed under a file"])
+def test_cli_names_the_nnunet_variable_that_is_not_a_folder(nnunet_dirs, tmp_path: Path, variable: str, make,
+                                                            message: str, capsys: pytest.CaptureFixture,
+                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    path = tmp_path / "not_a_folder"
+    path = make(path) or path
+    monkeypatch.setenv(variable, str(path))
+    with pytest.raises(SystemExit) as exit_info:
+        main(["-d", "999", "-np", "1"])
+    assert exit_info.value.code == EXIT_BAD_INPUT
+    error = capsys.readouterr().err
+    assert error.startswith("error: ") and message in error and error.count("\n") == 1
+
+
+def test_cli_names_an_unwritable_preprocessed_folder(nnunet_dirs, capsys: pytest.CaptureFixture,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    # tests may run as root, whom permission bits do not stop: the folder is made unwritable for the check only
+    read_only = nnunet_dirs["nnUNet_preprocessed"]
+    real_access = os.access
+    monkeypatch.setattr(os, "access", lambda p, mode: real_access(p, mode) and (
+        Path(p) != read_only or not mode & os.W_OK))
+    with pytest.raises(SystemExit) as exit_info:
+        main(["-d", "999", "-np", "1"])
+    assert exit_info.value.code == EXIT_BAD_INPUT
+    error = capsys.readouterr().err
+    assert error.startswith(f"error: {read_only}: cannot write into nnUNet_preprocessed") and error.count("\n") == 1
+    assert list(read_only.iterdir()) == []

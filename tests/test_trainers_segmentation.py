@@ -6,6 +6,7 @@ import json
 import math
 import os
 import random
+import re
 import shutil
 import subprocess
 import sys
@@ -19,7 +20,7 @@ from nnunetv2.run.run_training import get_trainer_from_args, maybe_load_checkpoi
 from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
 
 from nnunet_ext.env import EXT_TRAINER_VAR, TRAINER_LOOKUP_FOLDER
-from nnunet_ext.errors import FomoInputError
+from nnunet_ext.errors import EXIT_BAD_INPUT, FomoInputError
 from nnunet_ext.networks import FomoUNet
 from nnunet_ext.preprocessing.fomo_plans import PretrainedSpec
 from nnunet_ext.pretrained import sha256_of_file
@@ -174,9 +175,55 @@ def test_resume_never_reloads_pretrained_weights(trained: Path, nnunet_env: Plan
     final = _load(fold / "checkpoint_final.pth")["network_weights"]
     assert any(not torch.equal(final[k], resumed_weights[k]) for k in final), "epoch 1 was not trained"
 
-    fresh = get_trainer_from_args(str(DATASET_ID), CONFIGURATION, FOLD + 1, DEBUG_TRAINER, device=CPU)
+    # the same settings without a checkpoint to resume do load pretrained weights: refused before the fold exists
     with pytest.raises(FomoInputError, match="does not exist"):
-        fresh.run_training()  # the same settings without a checkpoint to resume do load pretrained weights
+        get_trainer_from_args(str(DATASET_ID), CONFIGURATION, FOLD + 1, DEBUG_TRAINER, device=CPU)
+    assert not (fold.parent / f"fold_{FOLD + 1}").exists()
+
+
+def test_val_rerun_needs_no_pretrained_checkpoint(trained: Path, nnunet_env: PlannedDataset, tmp_path: Path,
+                                                  monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.setenv(PRETRAINED_ENV_VAR, str(tmp_path / "missing.ckpt"))
+    monkeypatch.setattr(sys, "argv", ["nnUNetv2_train", str(DATASET_ID), CONFIGURATION, str(FOLD), "-tr",
+                                      DEBUG_TRAINER, "--val"])
+    trainer = get_trainer_from_args(str(DATASET_ID), CONFIGURATION, FOLD, DEBUG_TRAINER, device=CPU)
+    assert trainer.output_folder == str(trained)
+
+
+def test_nnunet_train_refuses_a_checkpoint_that_does_not_fit_in_one_line_before_creating_the_fold(
+        dataset: PlannedDataset, tmp_path: Path):
+    wide = make_fomo_checkpoint(tmp_path / "wide.ckpt", starting_filters=2 * STARTING_FILTERS)
+    results = tmp_path / "results"
+    results.mkdir()
+    env = {**_subprocess_env(dataset), "nnUNet_results": str(results), PRETRAINED_ENV_VAR: str(wide)}
+    done = subprocess.run([str(BIN / "nnUNetv2_train"), str(DATASET_ID), CONFIGURATION, str(FOLD), "-tr",
+                           DEBUG_TRAINER, "-device", "cpu"], env=env, capture_output=True, text=True)
+    assert done.returncode == EXIT_BAD_INPUT, done.stderr[-3000:]
+    # (torch may print a FutureWarning first)
+    assert (f"\nerror: {wide}: checkpoint named by the ${PRETRAINED_ENV_VAR}: refusing the checkpoint: the "
+            f"checkpoint has starting filters {2 * STARTING_FILTERS}"
+            in "\n" + done.stderr) and "Traceback" not in done.stderr, done.stderr
+    assert list(results.iterdir()) == []
+
+
+@pytest.mark.parametrize("patch", [[40, 32, 32], [16, 16, 16]], ids=["not divisible", "too small"])
+def test_plans_with_a_patch_the_network_cannot_train_on_are_refused_before_the_fold_exists(
+        nnunet_env: PlannedDataset, patch: list, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys):
+    monkeypatch.setenv("nnUNet_results", str(tmp_path))
+    plans = nnunet_env.plans
+    plans["configurations"][CONFIGURATION]["patch_size"] = patch
+    plans_file = Path(nnunet_env.env["nnUNet_preprocessed"]) / DATASET_NAME / "nnUNetPlans.json"
+    with pytest.raises(FomoInputError, match=rf"^{plans_file}: configuration '{CONFIGURATION}': patch_size "
+                                             rf"\[{patch[0]}, {patch[1]}, {patch[2]}\] must be 3 multiples of 16"):
+        _trainer(nnunet_env, plans)
+    # inside nnU-Net's command: one line and exit status 2, as our own commands
+    monkeypatch.setattr(sys, "argv", [str(BIN / "nnUNetv2_train"), str(DATASET_ID), CONFIGURATION, "0"])
+    with pytest.raises(SystemExit) as exit_info:
+        _trainer(nnunet_env, plans)
+    assert exit_info.value.code == EXIT_BAD_INPUT
+    error = capsys.readouterr().err
+    assert error.startswith(f"error: {plans_file}: ") and error.count("\n") == 1
+    assert list(tmp_path.iterdir()) == []
 
 
 def _trainer(dataset: PlannedDataset, plans: dict | None = None) -> FomoFinetuneTrainer:
@@ -185,11 +232,13 @@ def _trainer(dataset: PlannedDataset, plans: dict | None = None) -> FomoFinetune
 
 
 def test_nnunet_pretrained_weights_flag_is_refused_with_the_right_way(nnunet_env: PlannedDataset,
-                                                                      monkeypatch: pytest.MonkeyPatch):
+                                                                      monkeypatch: pytest.MonkeyPatch, capsys):
     monkeypatch.setattr(sys, "argv", ["nnUNetv2_train", str(DATASET_ID), CONFIGURATION, "0", "-tr",
                                       "FomoFinetuneTrainer", "-pretrained_weights", "epoch=12.ckpt"])
-    with pytest.raises(FomoInputError, match=f"-pretrained_weights.*{PRETRAINED_ENV_VAR}"):
-        _trainer(nnunet_env).initialize()
+    with pytest.raises(SystemExit) as exit_info:  # inside nnUNetv2_train: reported as by our own commands
+        _trainer(nnunet_env)
+    assert exit_info.value.code == EXIT_BAD_INPUT
+    assert re.match(f"error: .*-pretrained_weights.*{PRETRAINED_ENV_VAR}", capsys.readouterr().err)
 
 
 def test_trainer_refuses_plans_of_another_task(nnunet_env: PlannedDataset):

@@ -35,7 +35,8 @@ from nnunet_ext.dataset_conversion.fomo_reader import (
     read_target,
     to_ras,
 )
-from nnunet_ext.dataset_conversion.image_checks import is_nifti
+from nnunet_ext.dataset_conversion.image_checks import check_volume_shape, is_nifti
+from nnunet_ext.dataset_conversion.pretraining_pool import POOL_NAME, convert_pretraining_pool
 from nnunet_ext.dataset_conversion.splits import (
     MAX_TEST_FRACTION,
     MIN_FOLDS,
@@ -44,10 +45,10 @@ from nnunet_ext.dataset_conversion.splits import (
     split_test_set,
     stratification_labels,
 )
-from nnunet_ext.dataset_conversion.tasks import CLASSIFICATION, FOMO_KEY, SEGMENTATION, TaskSpec, get_task
+from nnunet_ext.dataset_conversion.tasks import CLASSIFICATION, FOMO_KEY, POOL_TASK, SEGMENTATION, TaskSpec, get_task
 from nnunet_ext.errors import FomoInputError, cli_entry
 from nnunet_ext.utils.arguments import float_in, int_at_least, int_in, positive_float
-from nnunet_ext.utils.files import atomic_directory, atomic_write_json
+from nnunet_ext.utils.files import atomic_directory, atomic_write_json, check_writable_folder
 
 log = logging.getLogger(__name__)
 
@@ -90,6 +91,7 @@ def dataset_folder(dataset_id: int, name: str, overwrite: bool) -> Path:
     raw = os.environ.get(RAW_ENV)
     if not raw:
         raise FomoInputError(f"{RAW_ENV} is not set: export it as the folder of nnU-Net's raw datasets")
+    check_writable_folder(raw, RAW_ENV)
     if not 0 < dataset_id <= MAX_DATASET_ID:
         raise FomoInputError(f"dataset id must be in 1..{MAX_DATASET_ID}, got {dataset_id}")
     if not DATASET_NAME_PATTERN.fullmatch(name):
@@ -120,11 +122,16 @@ def resolve_channels(cases: List[FomoCase], task: TaskSpec, strategy: str,
                      ) -> Tuple[Tuple[str, ...], List[FomoCase], Dict[str, List[str]]]:
     """The dataset's channels, the cases kept, and each kept case's missing channels.
 
-    A channel absent from every case is left out of the dataset; a channel missing from some cases is
-    handled by ``strategy``: ``zeros`` (a zero image), ``drop`` (leave those cases out) or ``error``.
+    A channel absent from every case is left out of the dataset (refused with ``error``, which promises every
+    channel); a channel missing from some cases is handled by ``strategy``: ``zeros`` (a zero image), ``drop``
+    (leave those cases out) or ``error``.
     """
     channels = tuple(c for c in task.channel_names if any(c in case.images for case in cases))
     absent = [c for c in task.channel_names if c not in channels]
+    if absent and strategy == MISSING_ERROR:
+        raise FomoInputError(f"channel(s) {', '.join(absent)} absent from every case: --missing-modality "
+                             f"{MISSING_ERROR} refuses a dataset without them (use {MISSING_ZEROS} or {MISSING_DROP} "
+                             "to convert without them)")
     if absent:
         log.warning("channel(s) %s absent from every case: the dataset has %d channel(s): %s",
                     absent, len(channels), list(channels))
@@ -150,12 +157,16 @@ def read_case_mask(layout: FomoLayout, case: FomoCase) -> sitk.Image:
 
 
 def case_images(layout: FomoLayout, case: FomoCase, nan_to_zero: bool,
-                require_co_registered: bool = True) -> Tuple[Dict[str, sitk.Image], int]:
+                require_co_registered: bool = True, require_volumes: bool = False) -> Tuple[Dict[str, sitk.Image], int]:
     """The case's present channels on the grid of its first one, and how many NaN/Inf voxels were zeroed.
 
-    ``require_co_registered``: see :func:`~nnunet_ext.dataset_conversion.fomo_reader.onto_grid`."""
+    ``require_co_registered``: see :func:`~nnunet_ext.dataset_conversion.fomo_reader.onto_grid`.
+    ``require_volumes``: refuse a single slice or a thin slab (training data), checked on each image's own grid,
+    before resampling could hide it."""
     images, nonfinite = {}, 0
     for channel, image in layout.read_images(case).items():
+        if require_volumes:
+            check_volume_shape(image.GetSize(), case.images[channel], channel)
         images[channel], count = checked_intensities(image, case.images[channel], nan_to_zero, channel)
         nonfinite += count
     reference_channel = next(iter(images))
@@ -187,7 +198,7 @@ def case_label_map(layout: FomoLayout, case: FomoCase,
 def write_case(layout: FomoLayout, case: FomoCase, channels: Sequence[str], images_dir: Path, labels_dir: Path,
                nan_to_zero: bool) -> WrittenCase:
     """Write one case's channels (a zero image for a missing one) and its label map in nnU-Net's naming, in RAS."""
-    images, nonfinite = case_images(layout, case, nan_to_zero)
+    images, nonfinite = case_images(layout, case, nan_to_zero, require_volumes=True)
     label_map, lesion_volume = case_label_map(layout, case, images)
     label_map = to_ras(label_map)
     images = {channel: to_ras(image) for channel, image in images.items()}
@@ -343,14 +354,32 @@ def convert_fomo_dataset(task_id: int, input_dir: os.PathLike | str, dataset_id:
     return output
 
 
+def task_choice(text: str) -> int | str:
+    """``--task``: a FOMO task id or :data:`POOL_TASK`."""
+    if text == POOL_TASK:
+        return text
+    try:
+        return get_task(int(text)).task_id
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected 1, 2, 3 or {POOL_TASK}, got {text!r}") from None
+
+
+#: Options of the task conversion that an unlabelled pool has no use for (each would be silently ignored).
+_TASK_ONLY_OPTIONS = {"test_fraction": "--test-fraction", "missing_modality": "--missing-modality",
+                      "spacing": "--spacing"}
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="fomo_convert",
         description="Convert FOMO25 fine-tuning data (NIfTI or .npy layout) into an nnU-Net raw dataset "
                     "$nnUNet_raw/DatasetXXX_NAME with stratified, subject-grouped splits_final.json.")
-    parser.add_argument("--task", type=int, choices=(1, 2, 3), required=True, help="FOMO25 task id")
+    parser.add_argument("--task", type=task_choice, required=True,
+                        help=f"FOMO25 task id (1, 2, 3), or {POOL_TASK} for an unlabelled pool of scans in the FOMO60K "
+                             "layout (sub_<N>/ses_<M>/<sequence>.nii.gz), one single-channel case per scan")
     parser.add_argument("-i", "--input", required=True,
-                        help="FOMO task folder (preprocessed/ and labels/) or a folder of sub_<N>.npy arrays")
+                        help="FOMO task folder (preprocessed/ and labels/), a folder of sub_<N>.npy arrays, or "
+                             f"(--task {POOL_TASK}) the folder of the sub_<N> folders")
     parser.add_argument("-d", "--dataset-id", type=int_in(1, MAX_DATASET_ID), required=True,
                         help=f"nnU-Net dataset id (1-{MAX_DATASET_ID}), not used by another dataset in nnUNet_raw, "
                              "nnUNet_preprocessed or nnUNet_results")
@@ -363,8 +392,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--folds", type=int_at_least(MIN_FOLDS), default=N_FOLDS,
                         help=f"number of cross-validation folds, at least {MIN_FOLDS} (default: %(default)s)")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing dataset of that id and name")
-    parser.add_argument("--missing-modality", choices=MISSING_STRATEGIES, default=MISSING_ZEROS,
-                        help="cases lacking a modality: zero image, leave the case out, or stop (default: %(default)s)")
+    parser.add_argument("--missing-modality", choices=MISSING_STRATEGIES, default=None,
+                        help=f"cases lacking a modality: zero image, leave the case out, or stop (default: "
+                             f"{MISSING_ZEROS}; tasks 1-3 only)")
     parser.add_argument("--nan-to-zero", action="store_true", help="replace NaN/Inf voxels by 0 instead of stopping")
     parser.add_argument("--spacing", type=positive_float, nargs=3, metavar=("X", "Y", "Z"), default=None,
                         help="voxel spacing in mm of .npy arrays (instead of their companion .pkl)")
@@ -374,8 +404,15 @@ def build_parser() -> argparse.ArgumentParser:
 @cli_entry
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
+    if args.task == POOL_TASK:
+        given = [flag for option, flag in _TASK_ONLY_OPTIONS.items() if getattr(args, option)]
+        if given:
+            raise FomoInputError(f"{', '.join(given)} apply to tasks 1-3, not to --task {POOL_TASK} (an unlabelled "
+                                 "pool has no test set, one channel per case and NIfTI input)")
+        output = dataset_folder(args.dataset_id, args.name or POOL_NAME, args.overwrite)
+        convert_pretraining_pool(args.input, output, args.seed, args.overwrite, args.nan_to_zero, args.folds)
+        return 0
     convert_fomo_dataset(args.task, args.input, args.dataset_id, args.name, args.test_fraction, args.seed,
-                         args.overwrite, args.missing_modality, NAN_ZERO if args.nan_to_zero else NAN_ERROR,
-                         args.spacing, args.folds)
+                         args.overwrite, args.missing_modality or MISSING_ZEROS,
+                         NAN_ZERO if args.nan_to_zero else NAN_ERROR, args.spacing, args.folds)
     return 0

@@ -27,14 +27,16 @@ integers, so ``sub_01`` and ``sub_1`` are the same subject and are refused as du
 
 from __future__ import annotations
 
+import filecmp
 import logging
+import os
 import pickle
 import re
 import zlib
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
 import nibabel as nib
 import numpy as np
@@ -45,6 +47,7 @@ from nnunet_ext.dataset_conversion.tasks import CLASSIFICATION, PLAUSIBLE_AGE_YE
 from nnunet_ext.dataset_conversion.image_checks import (
     SPATIAL_DIMS,
     check_intensities,
+    check_readable_file,
     load_checked_nifti,
     nifti_stem,
     spatial_shape,
@@ -62,6 +65,8 @@ SUBJECT_PATTERN = re.compile(r"sub_(\d+)")
 SESSION_PATTERN = re.compile(r"ses_(\d+)")
 NPY_STEM_PATTERN = re.compile(r"(sub_\d+)(?:_(ses_\d+))?")
 DEFAULT_SESSION = "ses_1"
+#: Option giving the voxel size of .npy arrays, named in errors.
+SPACING_OPTION = "--spacing"
 #: Keys of the companion .pkl that may hold the spacing, in the order they are looked up.
 NPY_SPACING_KEYS = ("spacing", "new_spacing")
 #: Values allowed in a class label (Task 1) and in a segmentation mask (Task 2).
@@ -107,13 +112,21 @@ def canonical_id(name: str, pattern: re.Pattern, path: Path) -> str:
     return f"{prefix}_{int(match.group(1))}"
 
 
-def _numbered_dirs(folder: Path, pattern: re.Pattern) -> Dict[str, Path]:
+def folder_entries(folder: Path) -> List[Path]:
+    """The entries of ``folder``, sorted; a folder that cannot be listed (no permission) is refused, naming it."""
+    try:
+        return sorted(folder.iterdir())
+    except OSError as e:
+        raise FomoInputError(f"cannot list the folder ({e.strerror or type(e).__name__})", folder) from None
+
+
+def numbered_dirs(folder: Path, pattern: re.Pattern) -> Dict[str, Path]:
     """Subfolders of ``folder`` named by ``pattern`` (``sub_<N>`` / ``ses_<M>``), by canonical id.
 
     Refuses two spellings of one id (``sub_1`` and ``sub_01``) and stray folders that match no id.
     """
     found: Dict[str, Path] = {}
-    for entry in sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith(".")):
+    for entry in (p for p in folder_entries(folder) if p.is_dir() and not p.name.startswith(".")):
         key = canonical_id(entry.name, pattern, entry)
         if key in found:
             raise FomoInputError(f"duplicate id {key}: {found[key]} names the same one", entry)
@@ -121,22 +134,66 @@ def _numbered_dirs(folder: Path, pattern: re.Pattern) -> Dict[str, Path]:
     return found
 
 
+def is_label_name(name: str, label_file: str) -> bool:
+    """Whether a file named ``name`` is the label ``label_file``, matched as images are: case-insensitively, and a
+    NIfTI label with either ending (``seg.nii`` or ``SEG.nii.gz`` for ``seg.nii.gz``)."""
+    stem = nifti_stem(label_file)
+    return nifti_stem(name) == stem if stem is not None else name.lower() == label_file.lower()
+
+
 def find_label(labels_root: Path, subject_dir: str, session_dir: str, label_file: str,
                required: bool = True) -> Optional[Path]:
-    """The label file of a session: ``labels/<sub>/<ses>/<file>``, or ``labels/<sub>/<file>`` for session 1.
+    """The label file of a session: in ``labels/<sub>/<ses>/``, or in ``labels/<sub>/`` for session 1, its name
+    matched by :func:`is_label_name`.
 
-    A missing file is refused when ``required``, else None.
+    Two candidates are refused, and so is one that cannot be read; a missing label is refused when ``required``
+    (naming what its folder holds instead), else None.
     """
-    with_session = labels_root / subject_dir / session_dir / label_file
-    candidates = [with_session]
-    if canonical_id(session_dir, SESSION_PATTERN, with_session) == DEFAULT_SESSION:
-        candidates.append(labels_root / subject_dir / label_file)
-    for candidate in candidates:
-        if candidate.is_file():
-            return candidate
-    if required:
-        raise FomoInputError(f"missing {label_file}", with_session)
-    return None
+    session_folder = labels_root / subject_dir / session_dir
+    folders = [session_folder]
+    if canonical_id(session_dir, SESSION_PATTERN, session_folder) == DEFAULT_SESSION:
+        folders.append(labels_root / subject_dir)
+    found = [path for folder in folders if folder.is_dir() for path in folder_entries(folder)
+             if is_label_name(path.name, label_file)]
+    if len(found) > 1:
+        raise FomoInputError(f"{' and '.join(map(str, found))} are labels of one session; keep one",
+                             session_folder)
+    if found:
+        return check_readable_file(found[0])
+    if not required:
+        return None
+    present = [p.name for p in folder_entries(session_folder)] if session_folder.is_dir() else None
+    detail = "no such folder" if present is None else f"found {', '.join(present)}" if present else "empty folder"
+    raise FomoInputError(f"missing {label_file} ({detail})", session_folder / label_file)
+
+
+def check_labels_have_images(labels_root: Path, cases: Sequence[FomoCase], images_root: Path,
+                             label_file: str) -> None:
+    """Refuse a label that no case uses: a subject or session with a label but no images would otherwise leave the
+    dataset without a word."""
+    if not labels_root.is_dir():
+        return
+    used = {case.label for case in cases}
+    for path in sorted(labels_root.rglob("*")):
+        if is_label_name(path.name, label_file) and path not in used:
+            raise FomoInputError(f"a label without images: {images_root} holds no session it belongs to (add the "
+                                 "images, or move the label out of the labels folder)", path)
+
+
+def check_distinct_files(files: Mapping[str, Path], folder: Path) -> None:
+    """Refuse one scan given for two channels: the same file (a link to it) or a byte-identical copy.
+
+    Only files of equal size are compared byte by byte, so that distinct scans cost no extra read."""
+    items = list(files.items())
+    for index, (channel, path) in enumerate(items):
+        for other_channel, other in items[index + 1:]:
+            if path.stat().st_size != other.stat().st_size:
+                continue
+            how = ("the same file" if os.path.samefile(path, other) else
+                   "identical copies" if filecmp.cmp(path, other, shallow=False) else None)
+            if how:
+                raise FomoInputError(f"{path.name} and {other.name} are one scan ({how}) given as both {channel} and "
+                                     f"{other_channel}: each channel needs its own scan", folder)
 
 
 def read_nifti(path: Path) -> sitk.Image:
@@ -312,9 +369,11 @@ def nifti_files(folder: Path) -> Dict[str, Path]:
     refused rather than one of them silently chosen.
     """
     files: Dict[str, Path] = {}
-    for path in sorted(folder.iterdir()):
+    for path in folder_entries(folder):
+        # anything under a NIfTI name counts, a dangling link or a folder as well: its channel refuses it when read
+        # (check_readable_file) rather than taking it for a missing modality
         stem = nifti_stem(path.name)
-        if stem is None or not path.is_file():
+        if stem is None:
             continue
         if stem in files:
             raise FomoInputError(f"{files[stem].name} and {path.name} are both the {stem} image; keep one", folder)
@@ -352,21 +411,22 @@ class NiftiLayout(FomoLayout):
     name = "nifti"
 
     def discover(self) -> List[FomoCase]:
-        subjects = _numbered_dirs(self.root / IMAGES_DIR, SUBJECT_PATTERN)
+        subjects = numbered_dirs(self.root / IMAGES_DIR, SUBJECT_PATTERN)
         if not subjects:
             raise FomoInputError("no sub_<N> folders found", self.root / IMAGES_DIR)
         cases = []
         for subject, subject_dir in subjects.items():
-            for session, folder in self._sessions(subject_dir).items():
+            for session, folder in self.sessions(subject_dir).items():
                 session_dir = DEFAULT_SESSION if folder == subject_dir else folder.name
                 label = find_label(self.root / LABELS_DIR, subject_dir.name, session_dir, self.task.label_file)
                 cases.append(FomoCase(f"{subject}_{session}", subject, self._channel_files(folder), label))
+        check_labels_have_images(self.root / LABELS_DIR, cases, self.root / IMAGES_DIR, self.task.label_file)
         return cases
 
     @staticmethod
-    def _sessions(subject_dir: Path) -> Dict[str, Path]:
+    def sessions(subject_dir: Path) -> Dict[str, Path]:
         """The session folders of a subject; the subject folder itself when it has no ``ses_*`` level."""
-        sessions = _numbered_dirs(subject_dir, SESSION_PATTERN)
+        sessions = numbered_dirs(subject_dir, SESSION_PATTERN)
         if sessions and nifti_files(subject_dir):
             raise FomoInputError("holds both ses_* folders and images; expected one or the other", subject_dir)
         return sessions or {DEFAULT_SESSION: subject_dir}
@@ -381,13 +441,14 @@ class NiftiLayout(FomoLayout):
                 raise FomoInputError(f"{' and '.join(p.name for p in matches)} both present; channel "
                                      f"{channel.name} takes one of them", folder)
             if matches:
-                found[channel.name] = matches[0]
+                found[channel.name] = check_readable_file(matches[0])
         known = {stem for channel in self.task.channels for stem in channel.stems}
         if set(files) - known:
             log.warning("%s: ignoring files that are no task %d modality: %s", folder, self.task.task_id,
                         sorted(set(files) - known))
         if not found:
             raise FomoInputError(f"no task {self.task.task_id} image (expected one of {sorted(known)})", folder)
+        check_distinct_files(found, folder)
         return found
 
     def read_images(self, case: FomoCase) -> Dict[str, sitk.Image]:
@@ -414,6 +475,7 @@ class NpyLayout(FomoLayout):
                 first = next(iter(cases[case.case_id].images.values()))
                 raise FomoInputError(f"duplicate case {case.case_id}: {first.name} and {path.name}", path)
             cases[case.case_id] = case
+        check_labels_have_images(self.root.parent / LABELS_DIR, list(cases.values()), self.root, self.task.label_file)
         return [cases[k] for k in sorted(cases)]
 
     def _case(self, path: Path) -> FomoCase:
@@ -443,14 +505,21 @@ class NpyLayout(FomoLayout):
                                  f"found {len(channels)} channels of shapes {sorted({c.shape for c in channels})}", path)
         if len({c.shape for c in channels}) > 1:
             raise FomoInputError(f"channels differ in shape: {[c.shape for c in channels]}", path)
+        names = self.task.channel_names
+        for index in range(n_images):  # one scan stored as two sequences, as check_distinct_files refuses for files
+            for other in range(index + 1, n_images):
+                if np.array_equal(channels[index], channels[other]):
+                    raise FomoInputError(f"channels {names[index]} and {names[other]} are identical: one scan given "
+                                         "as two sequences; each channel needs its own scan", path)
         return channels
 
     def _spacing(self, path: Path) -> Tuple[float, ...]:
         if self.spacing is not None:
             return self.spacing
         pkl = path.with_suffix(PKL_SUFFIX)
-        if not pkl.is_file():
-            raise FomoInputError(f"no spacing: {pkl.name} is missing and no spacing was given (--spacing)", path)
+        if not os.path.lexists(pkl):
+            raise FomoInputError(f"no spacing: {pkl.name} is missing and no spacing was given ({SPACING_OPTION})", path)
+        check_readable_file(pkl)
         try:
             with open(pkl, "rb") as f:
                 properties = pickle.load(f)
@@ -491,14 +560,22 @@ class NpyLayout(FomoLayout):
 
 
 def detect_layout(root: Path, task: TaskSpec, spacing: Optional[Sequence[float]] = None) -> FomoLayout:
-    """The layout of ``root``: a FOMO task folder (``preprocessed/``) or a folder of ``sub_*.npy`` arrays."""
-    if not root.is_dir():
+    """The layout of ``root``: a FOMO task folder (``preprocessed/``) or a folder of ``sub_*.npy`` arrays.
+
+    ``spacing`` (the voxel size of .npy arrays) is refused with NIfTI input, whose files carry their own."""
+    if not root.exists():
         raise FomoInputError("input folder does not exist", root)
+    if not root.is_dir():
+        raise FomoInputError("input is a file, not a folder: pass the FOMO task folder (with preprocessed/ and "
+                             "labels/) or the folder of sub_<N>.npy arrays", root)
     has_nifti = (root / IMAGES_DIR).is_dir()
     has_npy = any(root.glob("sub_*" + NPY_SUFFIX))
     if has_nifti and has_npy:
         raise FomoInputError(f"holds both {IMAGES_DIR}/ and sub_*.npy arrays; pass the folder of one layout", root)
     if has_nifti:
+        if spacing is not None:
+            raise FomoInputError(f"{SPACING_OPTION} applies to .npy arrays only: NIfTI files carry their own voxel "
+                                 f"size; leave {SPACING_OPTION} out", root)
         return NiftiLayout(root, task)
     if has_npy:
         return NpyLayout(root, task, spacing)

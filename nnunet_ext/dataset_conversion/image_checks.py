@@ -5,6 +5,9 @@ One rule per class of bad input, refused with the file named:
 - geometry (:func:`check_nifti_geometry`): zero, negative or non-finite voxel sizes, a singular or non-orthonormal
   direction matrix, more than three dimensions (a trailing axis of length 1 excepted). SimpleITK would otherwise
   store a zero voxel size as 1 mm without a word, or fail with a traceback.
+- files (:func:`check_readable_file`): a file present under an image's name but unreadable (a dangling link, a
+  folder, no read permission, empty) is refused, never taken for a missing modality.
+- extent (:func:`check_volume_shape`, training data only): a single slice or a thin slab is no 3-D brain volume.
 - intensities (:func:`check_intensities`): NaN/Inf voxels are refused unless the user asked for them to become 0
   (and then they are counted and reported); an all-zero image is refused (it holds no image: leave the file out
   to treat the modality as missing); a constant image is warned about.
@@ -13,6 +16,7 @@ One rule per class of bad input, refused with the file named:
 from __future__ import annotations
 
 import logging
+import os
 from pathlib import Path
 from typing import Tuple
 
@@ -32,6 +36,10 @@ NIFTI_SUFFIXES = (".nii.gz", ".nii")
 ORTHONORMAL_TOLERANCE = 1e-3
 #: Option that turns NaN/Inf voxels into 0, named in the error that refuses them.
 NAN_TO_ZERO_FLAG = "--nan-to-zero"
+#: Fewest voxels along every axis of a scan taken as a 3-D brain volume. Fewer is a single slice or a thin slab (a
+#: localiser, a mis-exported series). Deliberately far below any real scan (the thickest FOMO slices, about 6 mm,
+#: still give about 25 across a brain), so that only such non-volumes are refused.
+MIN_VOLUME_AXIS_VOXELS = 4
 
 
 def nifti_stem(name: str) -> str | None:
@@ -45,6 +53,35 @@ def nifti_stem(name: str) -> str | None:
 
 def is_nifti(path: Path) -> bool:
     return nifti_stem(path.name) is not None
+
+
+def check_readable_file(path: Path) -> Path:
+    """``path`` if it is a readable, non-empty file; otherwise refused with what it is instead.
+
+    For any file found under an image's or a label's name: one that cannot be read must never pass for a missing
+    modality (a zero channel) or a missing label."""
+    try:
+        with open(path, "rb") as stream:
+            empty = not stream.read(1)
+    except FileNotFoundError:
+        reason = f"is a link to {os.readlink(path)}, which does not exist" if path.is_symlink() else "does not exist"
+        raise FomoInputError(reason, path) from None
+    except IsADirectoryError:
+        raise FomoInputError("is a folder, not a file", path) from None
+    except OSError as e:
+        raise FomoInputError(f"cannot be read ({e.strerror or type(e).__name__})", path) from None
+    if empty:
+        raise FomoInputError("is empty (0 bytes)", path)
+    return path
+
+
+def check_volume_shape(shape: Tuple[int, ...], path: Path, channel: str | None = None) -> None:
+    """Refuse a scan with fewer than :data:`MIN_VOLUME_AXIS_VOXELS` voxels along an axis (``channel`` names the image
+    inside ``path`` when one file holds several)."""
+    if min(shape) < MIN_VOLUME_AXIS_VOXELS:
+        what = f"channel {channel} " if channel else ""
+        raise FomoInputError(f"{what}has shape {tuple(shape)}: a single slice or a thin slab, not a 3-D brain volume "
+                             f"(at least {MIN_VOLUME_AXIS_VOXELS} voxels along every axis)", path)
 
 
 def spatial_shape(shape: Tuple[int, ...], path: Path) -> Tuple[int, ...]:

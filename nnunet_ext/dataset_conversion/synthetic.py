@@ -58,7 +58,15 @@ from nibabel.orientations import axcodes2ornt, ornt_transform
 from scipy import ndimage
 from tqdm import tqdm
 
-from nnunet_ext.dataset_conversion.tasks import CLASSIFICATION, REGRESSION, SEGMENTATION, TASKS, TaskSpec, get_task
+from nnunet_ext.dataset_conversion.tasks import (
+    CLASSIFICATION,
+    POOL_TASK,
+    REGRESSION,
+    SEGMENTATION,
+    TASKS,
+    TaskSpec,
+    get_task,
+)
 from nnunet_ext.errors import FomoInputError, cli_entry
 from nnunet_ext.utils.files import atomic_directory
 
@@ -67,6 +75,11 @@ Shape3 = tuple[int, int, int]
 # --- grid -----------------------------------------------------------------------------------------------
 DEFAULT_SHAPE: Shape3 = (48, 56, 48)
 DEFAULT_CASES = 20
+#: ``--task pretrain``: the pool's subjects are numbered from here, apart from every task's (tasks number from 1).
+POOL_FIRST_SUBJECT = 10001
+#: The pool's subjects cycle through the tasks' generators, so that it holds every sequence the tasks use (and
+#: brains of every age, with and without lesions), none of them labelled.
+POOL_GENERATORS = (3, 1, 2)
 #: Smallest accepted grid edge: an anisotropic subject keeps a quarter of it in z.
 MIN_SHAPE = 16
 #: Half-axes of an adult brain (left-right, posterior-anterior, inferior-superior).
@@ -559,6 +572,46 @@ def make_synthetic_dataset(task_id: int, out_dir: str | Path, n_cases: int = DEF
         ``out_dir``.
     """
     task = get_task(task_id)
+    out_dir = _checked_output(out_dir, n_cases, shape, scale, overwrite)
+    written = []
+    with atomic_directory(out_dir, overwrite=True) as tmp:
+        for number in tqdm(range(1, n_cases + 1), desc=f"synthetic task {task.task_id}", unit="subject"):
+            subject = synthesize_subject(task.task_id, number, seed=seed, shape=tuple(shape), scale=scale)
+            _write_subject(task, subject, tmp)
+            written.append((number, subject.quirks, [s.target for s in subject.sessions]))
+    print(_summary(task, out_dir, written))
+    return out_dir
+
+
+def make_synthetic_pool(out_dir: str | Path, n_subjects: int = DEFAULT_CASES, seed: int = 0,
+                        shape: Shape3 = DEFAULT_SHAPE, overwrite: bool = False, scale: float = 1.0) -> Path:
+    """Write an unlabelled pool of synthetic scans in the FOMO60K layout (``sub_<N>/ses_<M>/<sequence>.nii.gz``),
+    for self-supervised pretraining.
+
+    Subject ``k`` is subject ``POOL_FIRST_SUBJECT + k - 1`` of the task generator ``POOL_GENERATORS[(k - 1) % 3]``:
+    the same phantoms, sequences and storage quirks as the tasks' data, never one of the tasks' subjects, and no
+    label. The other parameters are those of :func:`make_synthetic_dataset`.
+    """
+    out_dir = _checked_output(out_dir, n_subjects, shape, scale, overwrite)
+    n_scans = 0
+    with atomic_directory(out_dir, overwrite=True) as tmp:
+        for index in tqdm(range(n_subjects), desc="synthetic pretraining pool", unit="subject"):
+            number = POOL_FIRST_SUBJECT + index
+            subject = synthesize_subject(POOL_GENERATORS[index % len(POOL_GENERATORS)], number, seed=seed,
+                                         shape=tuple(shape), scale=scale)
+            for session in subject.sessions:
+                folder = tmp / f"sub_{number}" / f"ses_{session.session}"
+                folder.mkdir(parents=True)
+                for stem, array in session.images.items():
+                    _save_nifti(array, session.affine, subject.quirks.orientation, folder / f"{stem}.nii.gz")
+                    n_scans += 1
+    print(f"Wrote {n_scans} unlabelled scans of {n_subjects} subjects (sub_{POOL_FIRST_SUBJECT}.."
+          f"sub_{POOL_FIRST_SUBJECT + n_subjects - 1}) to {out_dir}")
+    return out_dir
+
+
+def _checked_output(out_dir: str | Path, n_cases: int, shape: Shape3, scale: float, overwrite: bool) -> Path:
+    """``out_dir`` as a Path, once the request is valid and the folder may be written."""
     out_dir = Path(out_dir)
     if n_cases < 1:
         raise FomoInputError(f"the number of cases must be at least 1, got {n_cases}")
@@ -570,14 +623,6 @@ def make_synthetic_dataset(task_id: int, out_dir: str | Path, n_cases: int = DEF
         raise FomoInputError("the output exists and is not a folder", out_dir)
     if out_dir.is_dir() and any(out_dir.iterdir()) and not overwrite:
         raise FomoInputError("the output folder is not empty; pass --overwrite to replace it", out_dir)
-
-    written = []
-    with atomic_directory(out_dir, overwrite=True) as tmp:
-        for number in tqdm(range(1, n_cases + 1), desc=f"synthetic task {task.task_id}", unit="subject"):
-            subject = synthesize_subject(task.task_id, number, seed=seed, shape=tuple(shape), scale=scale)
-            _write_subject(task, subject, tmp)
-            written.append((number, subject.quirks, [s.target for s in subject.sessions]))
-    print(_summary(task, out_dir, written))
     return out_dir
 
 
@@ -587,12 +632,15 @@ def build_parser() -> argparse.ArgumentParser:
         description="Write synthetic FOMO25 fine-tuning data (brain phantoms with a learnable signal and the quirks "
         "of the real data) in the layout of the distributed data.",
     )
-    parser.add_argument("--task", type=int, choices=sorted(TASKS), required=True,
-                        help="FOMO task: 1 infarct classification, 2 meningioma segmentation, 3 brain age regression")
+    parser.add_argument("--task", choices=[*map(str, sorted(TASKS)), POOL_TASK], required=True,
+                        help="FOMO task: 1 infarct classification, 2 meningioma segmentation, 3 brain age regression; "
+                             f"{POOL_TASK}: an unlabelled pool of scans in the FOMO60K layout, for pretraining")
     parser.add_argument("--out", type=Path, required=True,
-                        help="output folder (receives preprocessed/ and labels/); must not exist or be empty")
+                        help="output folder (receives preprocessed/ and labels/, or the pool's sub_<N> folders); "
+                             "must not exist or be empty")
     parser.add_argument("--cases", type=int, default=DEFAULT_CASES,
-                        help=f"number of subjects (default {DEFAULT_CASES})")
+                        help=f"number of subjects (default {DEFAULT_CASES}); a pool's subjects are numbered from "
+                             f"{POOL_FIRST_SUBJECT}, apart from the tasks'")
     parser.add_argument("--seed", type=int, default=0,
                         help="random seed; the same seed gives the same data (default 0)")
     parser.add_argument("--shape", type=int, nargs=3, default=DEFAULT_SHAPE, metavar=("X", "Y", "Z"),
@@ -609,6 +657,10 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Console script ``fomo_make_synthetic``."""
     args = build_parser().parse_args(argv)
-    make_synthetic_dataset(args.task, args.out, n_cases=args.cases, seed=args.seed, shape=tuple(args.shape),
-                           overwrite=args.overwrite, scale=args.scale)
+    if args.task == POOL_TASK:
+        make_synthetic_pool(args.out, n_subjects=args.cases, seed=args.seed, shape=tuple(args.shape),
+                            overwrite=args.overwrite, scale=args.scale)
+    else:
+        make_synthetic_dataset(int(args.task), args.out, n_cases=args.cases, seed=args.seed, shape=tuple(args.shape),
+                               overwrite=args.overwrite, scale=args.scale)
     return 0

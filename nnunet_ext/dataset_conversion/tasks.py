@@ -13,6 +13,10 @@ from typing import Dict, Tuple
 CLASSIFICATION = "classification"
 SEGMENTATION = "segmentation"
 REGRESSION = "regression"
+#: Self-supervised pretraining (masked image modelling) on unlabelled scans: one single-channel case per scan.
+PRETRAINING = "pretraining"
+#: The ``--task`` of ``fomo_make_synthetic`` and ``fomo_convert`` for an unlabelled pool of scans (FOMO60K layout).
+POOL_TASK = "pretrain"
 
 #: The key of dataset.json under which the converter stores everything nnU-Net does not know about
 #: (task, per-case targets, subjects). nnU-Net copies dataset.json verbatim into nnUNet_preprocessed

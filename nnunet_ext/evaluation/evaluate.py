@@ -39,6 +39,7 @@ from nnunetv2.utilities.find_objects import recursive_find_trainer_class_by_name
 
 from nnunet_ext.dataset_conversion.tasks import CLASSIFICATION, FOMO_KEY, REGRESSION, SEGMENTATION
 from nnunet_ext.errors import FomoInputError, cli_entry
+from nnunet_ext.metrics._common import binary_mask
 from nnunet_ext.metrics.bootstrap import DEFAULT_CONFIDENCE, DEFAULT_N_RESAMPLES, DEFAULT_SEED, metrics_with_ci
 from nnunet_ext.metrics.classification import DEFAULT_THRESHOLD, confusion_counts, youden_threshold
 from nnunet_ext.evaluation.model_selection import read_out_of_fold
@@ -56,24 +57,28 @@ from nnunet_ext.metrics.segmentation import DEFAULT_NSD_TOLERANCE_MM, load_mask,
 from nnunet_ext.inference.inputs import discover_cases
 from nnunet_ext.inference.predict import (
     CASE_COLUMN,
-    DEFAULT_CHECKPOINT,
-    DEFAULT_CONFIGURATION,
-    DEFAULT_FOLDS,
-    DEFAULT_PLANS,
     ENSEMBLE_COLUMN,
     FoldEnsemble,
     PREDICTIONS_JSON,
+    add_device_argument,
     fold_column,
     parse_folds,
     predict_cases,
     read_prediction_records,
     require_nnunet_ext_trainers,
-    trained_model_folder,
     write_records,
 )
+from nnunet_ext.inference.runtime import resolve_device
 from nnunet_ext.trainers.base import NNUNET_EMA_DICE
 from nnunet_ext.utils.arguments import fold, int_at_least, positive_float
-from nnunet_ext.utils.files import atomic_write_json, atomic_write_text, staged_directory
+from nnunet_ext.utils.files import atomic_write_json, atomic_write_text, require_output_folder, staged_directory
+from nnunet_ext.utils.nnunet_paths import (
+    DEFAULT_CHECKPOINT,
+    DEFAULT_CONFIGURATION,
+    DEFAULT_FOLDS,
+    DEFAULT_PLANS,
+    trained_model_folder,
+)
 
 log = logging.getLogger(__name__)
 
@@ -293,10 +298,28 @@ def reference_mask_rows(test: TestSet, nsd_tolerance_mm: float) -> Dict[str, Lis
             reference, spacing = load_mask(reference_path)
             image_path = test.images / f"{case}_{OVERLAY_CHANNEL:04d}{file_ending}"
             brain = sitk.GetArrayFromImage(sitk.ReadImage(str(image_path))) != 0
+            reference, brain = checked_masks(reference_path, reference, image_path, brain,
+                                             f"image channel {OVERLAY_CHANNEL} (the whole-brain reference mask)")
             for name, mask in ((ALL_BACKGROUND, np.zeros_like(brain)), (WHOLE_BRAIN, brain)):
                 rows[name].append({"case": case, "model": name,
                                    **segmentation_metrics(reference, mask, spacing, nsd_tolerance_mm)})
     return rows
+
+
+def checked_masks(reference_path: Path, reference: np.ndarray, mask_path: Path, mask: np.ndarray, what: str
+                  ) -> Tuple[np.ndarray, np.ndarray]:
+    """``reference`` and ``mask`` as boolean masks, refusing two shapes or values other than 0 and 1 with the file
+    at fault named (the metrics' own ValueError names no file)."""
+    if mask.shape != reference.shape:
+        raise FomoInputError(f"{what} has shape {list(mask.shape)}, its reference {reference_path} "
+                             f"{list(reference.shape)} (z, y, x): not on the reference's grid", mask_path)
+    checked = []
+    for array, path, name in ((reference, reference_path, "reference"), (mask, mask_path, what)):
+        try:
+            checked.append(binary_mask(array, name))
+        except ValueError as e:
+            raise FomoInputError(str(e), path) from None
+    return checked[0], checked[1]
 
 
 def segmentation_rows(test: TestSet, model: str, folder: Path, nsd_tolerance_mm: float) -> List[dict]:
@@ -310,7 +333,8 @@ def segmentation_rows(test: TestSet, model: str, folder: Path, nsd_tolerance_mm:
         if not prediction_path.is_file():
             raise FomoInputError(f"{model}: no prediction for test case {case}", prediction_path)
         reference, spacing = load_mask(reference_path)
-        prediction, _ = load_mask(prediction_path)
+        reference, prediction = checked_masks(reference_path, reference, prediction_path,
+                                              load_mask(prediction_path)[0], f"{model}'s predicted mask")
         rows.append({"case": case, "model": model,
                      **segmentation_metrics(reference, prediction, spacing, nsd_tolerance_mm)})
     return rows
@@ -521,8 +545,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-f", "--folds", nargs="+", type=fold, default=list(DEFAULT_FOLDS),
                         help="folds of the trained model")
     parser.add_argument("-chk", "--checkpoint", default=DEFAULT_CHECKPOINT, help="checkpoint file of each fold")
-    parser.add_argument("-device", "--device", default="cuda", choices=("cuda", "cpu", "mps"),
-                        help="device to predict on")
+    add_device_argument(parser)
     parser.add_argument("--disable_tta", action="store_true", help="no mirroring test-time augmentation")
     parser.add_argument("--predictions", nargs="+", default=None, metavar="NAME=PATH",
                         help="evaluate existing predictions instead of predicting: fomo_predict output folders "
@@ -540,9 +563,10 @@ def build_parser() -> argparse.ArgumentParser:
 @cli_entry
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
     if args.trainer is None and args.predictions is None:
         raise FomoInputError("nothing to evaluate: name a trained model (-tr) or existing predictions (--predictions)")
+    # the device only matters, and is only checked, when the model predicts
+    device = resolve_device(args.device) if args.predictions is None else None
     test = load_test_set(args.dataset, args.labels)
     settings = EvaluationSettings(args.n_bootstrap, args.seed, args.nsd_tolerance)
     folds = parse_folds(args.folds)
@@ -554,10 +578,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         named = parse_named_paths(args.predictions)
         predictions = given_predictions(test, named)
         source = ", ".join(f"{name} = `{path}`" for name, path in named.items())
-    # everything is written into a staged folder that reaches args.output only once the report is complete
+    # everything is written into a staged folder beside args.output that reaches it only once the report is
+    # complete: both must take new entries, which is known before the model predicts
+    require_output_folder(args.output.parent)
+    if args.output.is_dir():
+        require_output_folder(args.output)
     with staged_directory(args.output) as staged:
         if args.predictions is None:
-            predictions = predict_test_set(test, model_folder, folds, args.checkpoint, torch.device(args.device),
+            predictions = predict_test_set(test, model_folder, folds, args.checkpoint, device,
                                            not args.disable_tta, staged / PREDICTIONS_DIR)
             source = (f"`{model_folder.name}`, folds {', '.join(map(str, folds))} and their ensemble, "
                       f"{args.checkpoint}, mirroring TTA {'off' if args.disable_tta else 'on'}")

@@ -29,15 +29,15 @@ from nnunet_ext.dataset_conversion.tasks import CLASSIFICATION, FOMO_KEY, REGRES
 from nnunet_ext.errors import FomoInputError, cli_entry
 from nnunet_ext.metrics.aggregate import cross_validation_summary
 from nnunet_ext.evaluation.report import json_safe
-from nnunet_ext.inference.predict import (
+from nnunet_ext.inference.predict import require_nnunet_ext_trainers
+from nnunet_ext.utils.arguments import int_at_least
+from nnunet_ext.utils.files import atomic_write_json, atomic_write_text
+from nnunet_ext.utils.nnunet_paths import (
     DEFAULT_CONFIGURATION,
     DEFAULT_FOLDS,
     DEFAULT_PLANS,
-    require_nnunet_ext_trainers,
     trained_model_folder,
 )
-from nnunet_ext.utils.arguments import int_at_least
-from nnunet_ext.utils.files import atomic_write_json, atomic_write_text
 
 log = logging.getLogger(__name__)
 
@@ -226,7 +226,6 @@ def build_parser() -> argparse.ArgumentParser:
 @cli_entry
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
     folds = [str(f) for f in args.folds]  # nnU-Net's selection names folds as strings
     find_best_configuration(args.dataset, args.trainers, args.plans, args.configurations, folds,
                             not args.disable_ensembling)

@@ -35,12 +35,20 @@ import numpy as np
 import SimpleITK as sitk
 import torch
 
-from nnunet_ext.dataset_conversion.tasks import SEGMENTATION, TASKS, TaskSpec
+from nnunet_ext.dataset_conversion.tasks import SEGMENTATION, TASKS, Channel, TaskSpec
 from nnunet_ext.errors import FomoInputError, cli_entry
 from nnunet_ext.inference.inputs import session_from_files, task_of
-from nnunet_ext.inference.predict import DEFAULT_CHECKPOINT, FoldEnsemble
-from nnunet_ext.inference.submission import read_manifest, task_folder
+from nnunet_ext.inference.predict import FoldEnsemble
+from nnunet_ext.inference.runtime import AUTO_DEVICE, DEVICE_CHOICES, resolve_device
+from nnunet_ext.inference.submission import (
+    MODEL_FILES,
+    fold_checkpoint,
+    read_manifest,
+    task_folder,
+    verify_exported_files,
+)
 from nnunet_ext.utils.files import atomic_write_text, require_output_folder
+from nnunet_ext.utils.nnunet_paths import DEFAULT_CHECKPOINT
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +66,15 @@ EXIT_EMPTY_MASK = 1
 SEQUENCE_FLAGS = tuple(sorted({stem for task in TASKS.values() for channel in task.channels for stem in channel.stems}))
 
 
+def flags_of(channels: Sequence[Channel]) -> str:
+    """``--dwi_b1000 --swi/--t2s``: the flags that fill ``channels`` (one of the alternatives each)."""
+    return " ".join("--" + "/--".join(channel.stems) for channel in channels)
+
+
+def given_flags(given: Sequence[str]) -> str:
+    return " ".join("--" + flag for flag in given)
+
+
 def detect_task(given: Sequence[str]) -> TaskSpec:
     """The task whose channels the given flags fill exactly (one flag per channel, no flag of another task)."""
     for task in TASKS.values():
@@ -65,9 +82,28 @@ def detect_task(given: Sequence[str]) -> TaskSpec:
         filled = all(sum(stem in given for stem in channel.stems) == 1 for channel in task.channels)
         if filled and set(given) <= stems:
             return task
-    expected = "; ".join(f"task {t.task_id}: " + " ".join("--" + "/--".join(c.stems) for c in t.channels)
-                         for t in TASKS.values())
-    raise FomoInputError(f"the flags {' '.join('--' + g for g in given)} match no task ({expected})")
+    expected = "; ".join(f"task {t.task_id}: {flags_of(t.channels)}" for t in TASKS.values())
+    raise FomoInputError(f"the flags {given_flags(given)} match no task ({expected})")
+
+
+def output_suffix(task: TaskSpec) -> str:
+    """The ending of the file ``task`` writes: a mask for segmentation, one number otherwise."""
+    return MASK_SUFFIX if task.task_type == SEGMENTATION else VALUE_SUFFIX
+
+
+def _what_writes(output: Path, given: Sequence[str]) -> str:
+    """Which tasks write a file like ``output`` and what the given flags lack for them, e.g. Task 1's flags without
+    ``--adc`` are Task 2's, which writes a mask, not the ``.txt`` asked for ("" when no task writes such a file)."""
+    hints, suffix = [], None
+    for task in TASKS.values():
+        if not output.name.endswith(output_suffix(task)):
+            continue
+        suffix = output_suffix(task)
+        stems = {stem for channel in task.channels for stem in channel.stems}
+        missing = [channel for channel in task.channels if not any(stem in given for stem in channel.stems)]
+        needs = f"add {flags_of(missing)}" if set(given) <= stems else f"give {flags_of(task.channels)} instead"
+        hints.append(f"task {task.task_id} ({task.target_name}: {needs})")
+    return f"; a <case>{suffix} file comes from {' or '.join(hints)}" if hints else ""
 
 
 def model_folder_for(task: TaskSpec, model_root: Path) -> Path:
@@ -79,11 +115,14 @@ def model_folder_for(task: TaskSpec, model_root: Path) -> Path:
     return folder
 
 
-def output_case_id(output: Path, suffix: str) -> str:
-    """The case id the output file names (``sub_3.txt`` -> ``sub_3``), refusing the wrong file type, a folder in
-    the output's place, or a parent that is a file."""
+def output_case_id(output: Path, task: TaskSpec, given: Sequence[str]) -> str:
+    """The case id the output file names (``sub_3.txt`` -> ``sub_3``), refusing the wrong file type for the task the
+    flags ``given`` select (saying which flags select which task), a folder in the output's place, or a folder to
+    write it in that cannot be created or written."""
+    suffix = output_suffix(task)
     if not output.name.endswith(suffix) or len(output.name) == len(suffix):
-        raise FomoInputError(f"this task writes a <case>{suffix} file", output)
+        raise FomoInputError(f"the flags {given_flags(given)} select task {task.task_id} ({task.target_name}), which "
+                             f"writes a <case>{suffix} file{_what_writes(output, given)}", output)
     if output.is_dir():
         raise FomoInputError("output path is a folder; give the file to write", output)
     require_output_folder(output.parent)
@@ -102,12 +141,13 @@ def predict_session(files: Dict[str, Path], output: Path, model_root: Path, chec
     ``checkpoint`` None: the exported manifest's (or ``checkpoint_final.pth``), with the manifest's folds.
     """
     task = detect_task(list(files))
-    suffix = MASK_SUFFIX if task.task_type == SEGMENTATION else VALUE_SUFFIX
-    case_id = output_case_id(output, suffix)
+    case_id = output_case_id(output, task, list(files))
     folder = model_folder_for(task, model_root)
     manifest = read_manifest(folder)
     folds = manifest["folds"] if manifest else None
     checkpoint = checkpoint or (manifest["checkpoint"] if manifest else DEFAULT_CHECKPOINT)
+    if manifest:
+        verify_exported_files(folder, manifest, [*MODEL_FILES, *(fold_checkpoint(f, checkpoint) for f in folds)])
     ensemble = FoldEnsemble(folder, folds, checkpoint, device)
     trained_for = task_of(ensemble.dataset_json, folder).task_id
     if trained_for != task.task_id:
@@ -126,11 +166,6 @@ def predict_session(files: Dict[str, Path], output: Path, model_root: Path, chec
     value = float(np.mean(ensemble.case_level(data)))
     atomic_write_text(output, f"{value!r}\n")
     return output
-
-
-def default_device() -> str:
-    """The challenge runs containers on one H100; elsewhere (tests, laptops) the CPU."""
-    return "cuda" if torch.cuda.is_available() else "cpu"
 
 
 def tasks_of_flag(flag: str) -> str:
@@ -155,8 +190,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--checkpoint", default=None,
                         help="checkpoint file of each fold (default: the exported manifest's, else "
                              f"{DEFAULT_CHECKPOINT})")
-    parser.add_argument("--device", default=default_device(), choices=("cuda", "cpu"),
-                        help="device to predict on (default: cuda when available)")
+    # the challenge runs containers on one H100; elsewhere (tests, laptops) auto takes the CPU
+    parser.add_argument("--device", default=AUTO_DEVICE, choices=DEVICE_CHOICES,
+                        help=f"device to predict on (default {AUTO_DEVICE}: cuda when available, else cpu)")
     parser.add_argument("--nan-to-zero", action="store_true",
                         help="replace NaN/Inf voxels by 0 (and say so) instead of refusing the session")
     parser.add_argument("--empty-mask", choices=(EMPTY_MASK_KEEP, EMPTY_MASK_ERROR), default=EMPTY_MASK_KEEP,
@@ -169,11 +205,10 @@ def build_parser() -> argparse.ArgumentParser:
 @cli_entry
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
     files = {flag: getattr(args, flag) for flag in SEQUENCE_FLAGS if getattr(args, flag) is not None}
     try:
-        written = predict_session(files, args.output, args.model_dir, args.checkpoint, torch.device(args.device),
-                                  args.nan_to_zero, args.empty_mask)
+        written = predict_session(files, args.output, args.model_dir, args.checkpoint,
+                                  resolve_device(args.device, "--device"), args.nan_to_zero, args.empty_mask)
     except EmptyMask as e:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_EMPTY_MASK

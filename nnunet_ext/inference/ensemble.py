@@ -50,7 +50,6 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
     if len(args.inputs) < 2:
         parser.error("argument -i/--inputs: an ensemble needs at least two inputs")
     records = ensemble_records(args.inputs)

@@ -29,7 +29,7 @@ from nnunet_ext.dataset_conversion.fomo_reader import (
     SUBJECT_PATTERN,
     FomoCase,
     NiftiLayout,
-    _numbered_dirs,
+    numbered_dirs,
     orientation_of,
     to_ras,
 )
@@ -83,7 +83,9 @@ class NnunetCase:
     """A case of an nnU-Net-style folder: ``<case>_0000.nii.gz``, ``<case>_0001.nii.gz``, ...
 
     Its files pass the checks every command applies (``image_checks``): geometry, one shape for all channels, the
-    NaN/Inf rule; an all-zero channel is what ``fomo_convert`` writes for a missing modality, and is predicted so.
+    NaN/Inf rule; an all-zero channel is what ``fomo_convert`` writes for a missing modality, and is predicted so
+    beside a channel that holds an image. A case whose every channel is all zero holds no image at all: it is
+    refused with the check that refuses an all-zero file of the FOMO layout.
     """
 
     case_id: str
@@ -101,10 +103,13 @@ class NnunetCase:
             images, properties = reader.read_images(self.files)
         except RuntimeError as e:  # nnU-Net's readers refuse inconsistent channels with a bare RuntimeError
             raise FomoInputError(f"case {self.case_id}: {e}", paths[0].parent) from None
-        for channel, path in zip(images, paths):
+        for path in paths:
             if path in niftis:  # the reader has already turned them into zeros, which are no longer visible
                 apply_nan_rule(nonfinite_voxels_in_file(niftis[path]), path, self.nan_to_zero)
-            check_intensities(channel, path, self.nan_to_zero, zero_means_missing=True)
+        # np.any counts NaN as non-zero: a NaN channel is judged by the NaN rule below, not taken for an image-less one
+        holds_an_image = any(np.any(channel) for channel in images)
+        for channel, path in zip(images, paths):
+            check_intensities(channel, path, self.nan_to_zero, zero_means_missing=holds_an_image)
         return images, properties
 
 
@@ -180,12 +185,12 @@ class UnlabelledNiftiLayout(NiftiLayout):
     """The FOMO NIfTI layout without a ``labels/`` tree: what is predicted has no label yet."""
 
     def discover(self) -> List[FomoCase]:
-        subjects = _numbered_dirs(self.root / IMAGES_DIR, SUBJECT_PATTERN)
+        subjects = numbered_dirs(self.root / IMAGES_DIR, SUBJECT_PATTERN)
         if not subjects:
             raise FomoInputError("no sub_<N> folders found", self.root / IMAGES_DIR)
         return [FomoCase(f"{subject}_{session}", subject, self._channel_files(folder), None)
                 for subject, subject_dir in subjects.items()
-                for session, folder in self._sessions(subject_dir).items()]
+                for session, folder in self.sessions(subject_dir).items()]
 
 
 def _warn_unused_channels(case: FomoCase, channels: Tuple[str, ...]) -> None:

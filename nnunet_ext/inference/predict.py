@@ -16,6 +16,7 @@ Case-level results go to ``predictions.csv`` and ``predictions.json`` with each 
 from __future__ import annotations
 
 import argparse
+import collections
 import csv
 import io
 import json
@@ -28,49 +29,43 @@ import numpy as np
 import torch
 from nnunetv2.inference.export_prediction import export_prediction_from_logits
 from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
-from nnunetv2.utilities.file_path_utilities import get_output_folder
 from tqdm import tqdm
 
 from nnunet_ext.dataset_conversion.tasks import CLASSIFICATION, SEGMENTATION
 from nnunet_ext.env import EXT_TRAINER_VAR, ext_trainer_value
 from nnunet_ext.errors import FomoInputError, cli_entry
 from nnunet_ext.inference.inputs import CaseSource, discover_cases, restore_source_geometry, task_of
+from nnunet_ext.inference.runtime import AUTO_DEVICE, DEVICE_CHOICES, resolve_device
 from nnunet_ext.preprocessing.registration import register_with_nnunet
 from nnunet_ext.trainers.case_validation import forward_whole_case
 from nnunet_ext.trainers.classification import POSITIVE_CLASS
 from nnunet_ext.trainers.regression import standardiser_of
 from nnunet_ext.utils.arguments import fold
 from nnunet_ext.utils.files import atomic_write_json, atomic_write_text, require_output_folder
+from nnunet_ext.utils.nnunet_paths import (
+    DEFAULT_CHECKPOINT,
+    DEFAULT_CONFIGURATION,
+    DEFAULT_FOLDS,
+    DEFAULT_PLANS,
+    trained_model_folder,
+)
 
 log = logging.getLogger(__name__)
 
 PREDICTIONS_STEM = "predictions"
-PREDICTIONS_CSV = f"{PREDICTIONS_STEM}.csv"
+CSV_SUFFIX = ".csv"
+PREDICTIONS_CSV = f"{PREDICTIONS_STEM}{CSV_SUFFIX}"
 PREDICTIONS_JSON = f"{PREDICTIONS_STEM}.json"
+#: Line of a CSV file that holds its first row of values (line 1 is the header), for error messages.
+CSV_FIRST_DATA_LINE = 2
 #: Column of the fold ensemble; each fold's value is in ``fold_<X>``.
 ENSEMBLE_COLUMN = "prediction"
 CASE_COLUMN = "case"
-#: nnU-Net's defaults for ``nnUNetv2_predict``.
-DEFAULT_CHECKPOINT = "checkpoint_final.pth"
-DEFAULT_PLANS = "nnUNetPlans"
-DEFAULT_CONFIGURATION = "3d_fullres"
-DEFAULT_FOLDS = ("0", "1", "2", "3", "4")
 
 
 def fold_column(fold: Union[int, str]) -> str:
     """Column of one fold's prediction in ``predictions.csv``."""
     return f"fold_{fold}"
-
-
-def trained_model_folder(dataset: str, trainer: str, plans: str, configuration: str) -> Path:
-    """``$nnUNet_results/DatasetXXX_NAME/<trainer>__<plans>__<configuration>``, refusing one that does not exist."""
-    try:
-        folder = Path(get_output_folder(dataset, trainer, plans, configuration))
-    except RuntimeError as e:  # nnU-Net: nnUNet_results unset, or no dataset with that id
-        raise FomoInputError(str(e)) from None
-    if not folder.is_dir():
-        raise FomoInputError("no trained model here: check -d, -tr, -p and -c", folder)
-    return folder
 
 
 def parse_folds(folds: Sequence[str]) -> List[Union[int, str]]:
@@ -89,9 +84,11 @@ class FoldEnsemble:
     """A trained model folder loaded for prediction with the given folds (nnU-Net's predictor underneath)."""
 
     def __init__(self, model_folder: Path, folds: Optional[Sequence[Union[int, str]]],
-                 checkpoint: str = DEFAULT_CHECKPOINT, device: torch.device = torch.device("cuda"),
+                 checkpoint: str = DEFAULT_CHECKPOINT, device: Optional[torch.device] = None,
                  use_mirroring: bool = True):
+        """``device`` None: what the machine has (:func:`~nnunet_ext.inference.runtime.resolve_device` ``auto``)."""
         require_nnunet_ext_trainers()
+        device = resolve_device(AUTO_DEVICE) if device is None else device
         self.folds = list(folds) if folds is not None else \
             nnUNetPredictor.auto_detect_available_folds(str(model_folder), checkpoint)
         missing = [f for f in self.folds if not (model_folder / f"fold_{f}" / checkpoint).is_file()]
@@ -180,15 +177,13 @@ def write_records(output_dir: Path, records: Sequence[Mapping[str, object]], ste
 
 
 def read_prediction_records(path: Path) -> List[Dict[str, object]]:
-    """The records of a ``predictions.json`` (or of the one inside a ``fomo_predict`` output folder), each with a
-    case id and finite numbers for the ensemble and every fold; anything else is refused naming the file and case."""
+    """The records of a ``fomo_predict`` output: its ``predictions.json`` or ``predictions.csv`` (the folder holding
+    them: the JSON), each with a case id and finite numbers for the ensemble and every fold, every case once; anything
+    else is refused naming the file and case."""
     path = path / PREDICTIONS_JSON if path.is_dir() else path
     if not path.is_file():
         raise FomoInputError(f"no {PREDICTIONS_JSON} here", path)
-    try:
-        records = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise FomoInputError(f"not valid JSON ({e}): truncated or not written by fomo_predict?", path) from None
+    records = _csv_records(path) if path.suffix.lower() == CSV_SUFFIX else _json_records(path)
     if not isinstance(records, list) or not all(isinstance(r, dict) and CASE_COLUMN in r and ENSEMBLE_COLUMN in r
                                                 for r in records):
         raise FomoInputError(f"expected a list of records with '{CASE_COLUMN}' and '{ENSEMBLE_COLUMN}'", path)
@@ -198,12 +193,54 @@ def read_prediction_records(path: Path) -> List[Dict[str, object]]:
                 continue
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not np.isfinite(value):
                 raise FomoInputError(f"case {record[CASE_COLUMN]}: {column} is {value!r}, not a finite number", path)
+    # A case listed twice would be scored by whichever line comes last. Refused even when the lines agree: fomo_predict
+    # writes each case once, so the file was edited or concatenated, and which line is right cannot be told.
+    counts = collections.Counter(str(record[CASE_COLUMN]) for record in records)
+    repeated = sorted(case for case, count in counts.items() if count > 1)
+    if repeated:
+        raise FomoInputError(f"case {repeated[0]} is listed {counts[repeated[0]]} times"
+                             + (f" (and {len(repeated) - 1} more case(s) repeated: {repeated[1:]})"
+                                if len(repeated) > 1 else "")
+                             + ": every case needs exactly one prediction", path)
     return records
+
+
+def _json_records(path: Path) -> object:
+    """The parsed content of a ``predictions.json``."""
+    try:
+        return json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise FomoInputError(f"not valid JSON ({e}): truncated or not written by fomo_predict?", path) from None
+
+
+def _csv_records(path: Path) -> List[Dict[str, object]]:
+    """The rows of a ``predictions.csv`` as records, numbers parsed (text that is no number stays text, for the
+    caller's check to name)."""
+    try:
+        with open(path, newline="") as f:
+            rows = list(csv.DictReader(f))
+    except (csv.Error, UnicodeDecodeError) as e:
+        raise FomoInputError(f"not a readable CSV table ({e})", path) from None
+    records = []
+    for line, row in enumerate(rows, start=CSV_FIRST_DATA_LINE):
+        if None in row or None in row.values():  # csv.DictReader's markers of too many and too few fields
+            raise FomoInputError(f"line {line}: the row does not have one field per header column", path)
+        records.append({column: text if column == CASE_COLUMN else _number_or_text(text)
+                        for column, text in row.items()})
+    return records
+
+
+def _number_or_text(text: str) -> object:
+    """A CSV field as a float, or as the text it is when it is no number."""
+    try:
+        return float(text)
+    except ValueError:
+        return text
 
 
 def predict_cases(ensemble: FoldEnsemble, cases: Sequence[CaseSource], output_dir: Path) -> List[Path]:
     """Predict ``cases`` into ``output_dir``; returns the files written (masks, or the two predictions files)."""
-    require_output_folder(output_dir)
+    require_output_folder(output_dir)  # before the first case is predicted, not when its result is written
     if ensemble.task_type == SEGMENTATION:
         return [ensemble.segment(*ensemble.preprocess(case), output_dir / case.case_id)
                 for case in tqdm(cases, desc="segmenting")]
@@ -212,7 +249,7 @@ def predict_cases(ensemble: FoldEnsemble, cases: Sequence[CaseSource], output_di
 
 
 def predict_folder(input_dir: Path, output_dir: Path, model_folder: Path, folds: Optional[Sequence[Union[int, str]]],
-                   checkpoint: str = DEFAULT_CHECKPOINT, device: torch.device = torch.device("cuda"),
+                   checkpoint: str = DEFAULT_CHECKPOINT, device: Optional[torch.device] = None,
                    use_mirroring: bool = True, nan_to_zero: bool = False) -> List[Path]:
     """Predict every case of ``input_dir`` (nnU-Net-style or FOMO layout) with the folds of ``model_folder``."""
     ensemble = FoldEnsemble(model_folder, folds, checkpoint, device, use_mirroring)
@@ -232,6 +269,12 @@ def add_model_arguments(parser: argparse.ArgumentParser, folds_help: str) -> Non
                         help="checkpoint file of each fold, e.g. checkpoint_best.pth")
 
 
+def add_device_argument(parser: argparse.ArgumentParser) -> None:
+    """``-device``: what the machine has by default; a device named but absent is refused (:func:`resolve_device`)."""
+    parser.add_argument("-device", "--device", default=AUTO_DEVICE, choices=DEVICE_CHOICES,
+                        help=f"device to predict on ({AUTO_DEVICE}: cuda when a GPU is available, else cpu)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="fomo_predict", description=__doc__.split("\n\n")[0],
@@ -242,8 +285,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-o", "--output", type=Path, required=True,
                         help="output folder: masks (segmentation) or predictions.csv/.json (classification, regression)")
     add_model_arguments(parser, "folds whose models are averaged (integers, or 'all')")
-    parser.add_argument("-device", "--device", default="cuda", choices=("cuda", "cpu", "mps"),
-                        help="device to predict on")
+    add_device_argument(parser)
     parser.add_argument("--disable_tta", action="store_true", help="no mirroring test-time augmentation (faster)")
     parser.add_argument("--nan-to-zero", action="store_true",
                         help="replace NaN/Inf voxels by 0 (and say so) instead of refusing the case, as "
@@ -254,9 +296,9 @@ def build_parser() -> argparse.ArgumentParser:
 @cli_entry
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
+    device = resolve_device(args.device)
     model_folder = trained_model_folder(args.dataset, args.trainer, args.plans, args.configuration)
     written = predict_folder(args.input, args.output, model_folder, parse_folds(args.folds), args.checkpoint,
-                             torch.device(args.device), not args.disable_tta, args.nan_to_zero)
+                             device, not args.disable_tta, args.nan_to_zero)
     log.info("wrote %d file(s) to %s", len(written), args.output)
     return 0

@@ -18,7 +18,7 @@ import logging
 import pickle
 import shutil
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence, Union
+from typing import Dict, List, Mapping, Optional, Sequence, Set, Union
 
 import torch
 
@@ -26,24 +26,29 @@ from nnunet_ext import __version__
 from nnunet_ext.dataset_conversion.tasks import TASKS
 from nnunet_ext.errors import FomoInputError, cli_entry
 from nnunet_ext.inference.inputs import task_of
-from nnunet_ext.inference.predict import (
+from nnunet_ext.inference.predict import add_model_arguments, parse_folds
+from nnunet_ext.pretrained.checkpoint_io import sha256_of_file
+from nnunet_ext.utils.files import atomic_directory, atomic_write_json, require_output_folder
+from nnunet_ext.utils.nnunet_paths import (
     DEFAULT_CHECKPOINT,
     DEFAULT_CONFIGURATION,
     DEFAULT_FOLDS,
     DEFAULT_PLANS,
-    add_model_arguments,
-    parse_folds,
     trained_model_folder,
 )
-from nnunet_ext.pretrained.checkpoint_io import sha256_of_file
-from nnunet_ext.utils.files import atomic_directory, atomic_write_json, require_output_folder
 
 log = logging.getLogger(__name__)
 
 MANIFEST = "manifest.json"
+#: The manifest's record of every exported file's sha256 (path relative to the model folder -> hex digest).
+SHA256_KEY = "sha256"
+#: What the container reads of a manifest.
+MANIFEST_KEYS_READ = ("folds", "checkpoint", SHA256_KEY)
 #: The files of a trained model folder that prediction reads, besides each fold's checkpoint.
 MODEL_FILES = ("dataset.json", "plans.json")
 BYTES_PER_MB = 1024 ** 2
+#: Exported files whose sha256 matched their manifest in this process (see :func:`verify_exported_files`).
+_verified_files: Set[Path] = set()
 #: What nnU-Net's predictor reads of a checkpoint (``initialize_from_trained_model_folder``), and the epoch for
 #: provenance; the optimizer and grad-scaler state and the training log stay behind.
 PREDICTION_CHECKPOINT_KEYS = ("network_weights", "trainer_name", "init_args", "inference_allowed_mirroring_axes",
@@ -63,9 +68,42 @@ def read_manifest(folder: Path) -> Optional[dict]:
     if not path.is_file():
         return None
     try:
-        return json.loads(path.read_text())
+        manifest = json.loads(path.read_text())
     except json.JSONDecodeError as e:
         raise FomoInputError(f"not valid JSON ({e})", path) from None
+    if not isinstance(manifest, dict) or not all(key in manifest for key in MANIFEST_KEYS_READ):
+        raise FomoInputError(f"not a manifest written by fomo_export_submission: it needs {list(MANIFEST_KEYS_READ)}"
+                             " (export the model again)", path)
+    return manifest
+
+
+def verify_exported_files(folder: Path, manifest: Mapping, names: Sequence[str]) -> None:
+    """Refuse a file of an exported model folder (``names``, relative to it) whose sha256 is not the one its manifest
+    recorded at export: a swapped or changed checkpoint would change every prediction without a word. Each file is
+    hashed once per process (a container call predicts one session; hashing takes well under a second per model)."""
+    recorded = manifest[SHA256_KEY]
+    if not isinstance(recorded, Mapping):
+        raise FomoInputError(f"'{SHA256_KEY}' is not a mapping of file to digest (export the model again)",
+                             folder / MANIFEST)
+    for name in names:
+        path = folder / name
+        if path.resolve() in _verified_files:
+            continue
+        if name not in recorded:
+            log.warning("%s: not exported with this model (%s records no sha256 for it): loaded unverified", path,
+                        MANIFEST)
+            continue
+        if not path.is_file():
+            raise FomoInputError(f"missing: {MANIFEST} records it as part of the exported model", path)
+        if sha256_of_file(path) != recorded[name]:
+            raise FomoInputError(f"sha256 differs from the one {MANIFEST} recorded at export: the file was changed or "
+                                 "replaced since (export the model again with fomo_export_submission)", path)
+        _verified_files.add(path.resolve())
+
+
+def fold_checkpoint(fold: Union[int, str], checkpoint: str) -> str:
+    """``fold_X/<checkpoint>``: a fold's checkpoint, relative to the model folder (as the manifest names it)."""
+    return f"fold_{fold}/{checkpoint}"
 
 
 def files_to_export(model_folder: Path, folds: Sequence[Union[int, str]], checkpoint: str) -> List[str]:
@@ -77,7 +115,23 @@ def files_to_export(model_folder: Path, folds: Sequence[Union[int, str]], checkp
     absent = [name for name in MODEL_FILES if not (model_folder / name).is_file()]
     if absent:
         raise FomoInputError(f"not a complete nnU-Net model folder: {absent} missing", model_folder)
-    return [*MODEL_FILES, *(f"fold_{f}/{checkpoint}" for f in folds)]
+    return [*MODEL_FILES, *(fold_checkpoint(f, checkpoint) for f in folds)]
+
+
+def refuse_overlap(model_dir: Path, source: Path) -> None:
+    """Refuse a ``MODEL_DIR`` that is the source model folder, lies inside it or holds it: the export would write
+    into the trained model it reads (or, through ``task<N>/``, replace it)."""
+    output, model = model_dir.resolve(), source.resolve()  # symlinks resolved: two names of one folder overlap
+    if output == model:
+        relation = "is"
+    elif model in output.parents:
+        relation = "lies inside"
+    elif output in model.parents:
+        relation = "holds"
+    else:
+        return
+    raise FomoInputError(f"the output folder {relation} the trained model folder {source} that is exported: choose a "
+                         "folder outside it, which the export fills with task<N>/ only", model_dir)
 
 
 def export_checkpoint(source: Path, target: Path) -> None:
@@ -108,6 +162,7 @@ def export_submission(task_id: int, dataset: str, trainer: str, model_dir: Path,
     if trained_for != task_id:
         raise FomoInputError(f"holds a task {trained_for} model, not task {task_id}", model_folder)
     files = files_to_export(model_folder, folds, checkpoint)
+    refuse_overlap(model_dir, model_folder)
     target = task_folder(require_output_folder(model_dir), task_id)
     with atomic_directory(target, overwrite=True) as tmp:
         hashes: Dict[str, str] = {}
@@ -120,7 +175,7 @@ def export_submission(task_id: int, dataset: str, trainer: str, model_dir: Path,
             hashes[name] = sha256_of_file(tmp / name)
         atomic_write_json(tmp / MANIFEST, {
             "task_id": task_id, "dataset": model_folder.parent.name, "trainer": trainer, "plans": plans,
-            "configuration": configuration, "folds": list(folds), "checkpoint": checkpoint, "sha256": hashes,
+            "configuration": configuration, "folds": list(folds), "checkpoint": checkpoint, SHA256_KEY: hashes,
             "source": str(model_folder), "nnunet_ext_version": __version__,
             "exported": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         })
@@ -146,7 +201,6 @@ def build_parser() -> argparse.ArgumentParser:
 @cli_entry
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
     target = export_submission(args.task, args.dataset, args.trainer, args.output, args.plans, args.configuration,
                                args.folds, args.checkpoint)
     print(f"exported task {args.task} ({len(args.folds)} fold(s), {args.checkpoint}) to {target}: "

@@ -16,7 +16,6 @@ from __future__ import annotations
 import numpy as np
 from numpy.typing import ArrayLike
 from scipy.stats import rankdata
-from sklearn.metrics import roc_curve
 
 from nnunet_ext.metrics._common import paired_vectors, undefined
 
@@ -94,16 +93,23 @@ def _auroc(labels: np.ndarray, probs: np.ndarray) -> float:
     return float((ranks[labels == 1].sum() - n_positive * (n_positive + 1) / 2) / (n_positive * n_negative))
 
 
-def _average_precision(labels: np.ndarray, probs: np.ndarray) -> float:
-    """Average precision of validated inputs with positive cases: sum over the distinct thresholds, from the
-    highest, of (R_k - R_(k-1)) P_k, precision P and recall R of calling ``probs >= threshold`` positive (the step
-    function of :func:`sklearn.metrics.average_precision_score`, no interpolation)."""
+def _operating_points(labels: np.ndarray, probs: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(thresholds, true positives, false positives) of calling ``probs >= threshold`` positive, one point per
+    distinct probability, from the highest threshold down (the points of :func:`sklearn.metrics.roc_curve`)."""
     order = np.argsort(-probs, kind="stable")
     sorted_probs, sorted_labels = probs[order], labels[order]
     # the last case of each run of equal scores: one operating point per distinct threshold
     last = np.r_[np.flatnonzero(np.diff(sorted_probs)), sorted_probs.size - 1]
     true_positives = np.cumsum(sorted_labels)[last]
-    precision = true_positives / (last + 1)
+    return sorted_probs[last], true_positives, last + 1 - true_positives
+
+
+def _average_precision(labels: np.ndarray, probs: np.ndarray) -> float:
+    """Average precision of validated inputs with positive cases: sum over the distinct thresholds, from the
+    highest, of (R_k - R_(k-1)) P_k, precision P and recall R of calling ``probs >= threshold`` positive (the step
+    function of :func:`sklearn.metrics.average_precision_score`, no interpolation)."""
+    _, true_positives, false_positives = _operating_points(labels, probs)
+    precision = true_positives / (true_positives + false_positives)
     recall = true_positives / true_positives[-1]
     return float(np.sum(np.diff(recall, prepend=0.0) * precision))
 
@@ -125,7 +131,8 @@ def youden_threshold(y_true: ArrayLike, y_prob: ArrayLike) -> float:
     -------
     float
         One of the predicted probabilities: calling ``y_prob >= threshold`` positive reaches the
-        maximal J. Of several thresholds with the same J, the highest (the most specific) is returned.
+        maximal J. Of several thresholds with exactly the same J (compared as integers, not floats), the
+        highest (the most specific) is returned.
 
     Raises
     ------
@@ -136,11 +143,14 @@ def youden_threshold(y_true: ArrayLike, y_prob: ArrayLike) -> float:
     labels, probs = _binary_inputs(y_true, y_prob)
     if np.unique(labels).size < 2:
         raise ValueError("Youden's threshold needs both classes in y_true; only one is present")
-    fpr, tpr, thresholds = roc_curve(labels, probs, drop_intermediate=False)
-    # The first ROC point has threshold +inf (no case called positive); skipping it keeps the
-    # result an attainable probability. Its J is 0, which the last point (all positive) also reaches.
-    youden_j = tpr[1:] - fpr[1:]
-    return float(thresholds[1:][np.argmax(youden_j)])
+    thresholds, true_positives, false_positives = _operating_points(labels, probs)
+    n_positive = int(true_positives[-1])
+    n_negative = int(false_positives[-1])
+    # J = TP/P - FP/N compared exactly, as the integer J * P * N: in floating point, thresholds of equal J differ
+    # by rounding noise and the tie rule would pick among them at random. (Every threshold is an attainable
+    # probability: "no case positive" has J = 0, which the lowest threshold, all positive, also reaches.)
+    scaled_j = true_positives.astype(np.int64) * n_negative - false_positives.astype(np.int64) * n_positive
+    return float(thresholds[np.argmax(scaled_j)])  # argmax: the first maximum, the highest threshold
 
 
 def classification_metrics(

@@ -41,7 +41,10 @@ class PoolingHead(nn.Module):
         return [*([flat.mean(dim=-1)] if self.pooling != "max" else []),
                 *([flat.amax(dim=-1)] if self.pooling != "avg" else [])]
 
+    def pooled_features(self, skips: Sequence[torch.Tensor]) -> torch.Tensor:
+        """The pooled levels concatenated, [B, features]: what the linear layer sees (and a linear probe fits)."""
+        return torch.cat([p for level in self.pool_levels for p in self._pool(skips[level])], dim=1)
+
     def forward(self, skips: Sequence[torch.Tensor]) -> torch.Tensor:
         """Map the encoder outputs of every level (shallowest first) to [B, num_outputs]."""
-        pooled = [p for level in self.pool_levels for p in self._pool(skips[level])]
-        return self.linear(self.dropout(torch.cat(pooled, dim=1)))
+        return self.linear(self.dropout(self.pooled_features(skips)))

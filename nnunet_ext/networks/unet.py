@@ -17,7 +17,7 @@ from dynamic_network_architectures.building_blocks.unet_decoder import UNetDecod
 from dynamic_network_architectures.initialization.weight_init import InitWeights_He
 from torch import nn
 
-from nnunet_ext.dataset_conversion.tasks import CLASSIFICATION, REGRESSION, SEGMENTATION
+from nnunet_ext.dataset_conversion.tasks import CLASSIFICATION, PRETRAINING, REGRESSION, SEGMENTATION
 from nnunet_ext.errors import FomoInputError
 from nnunet_ext.networks.blocks import CONV_KERNEL_SIZE, LEAKY_RELU_SLOPE, LEVEL_SCALE, POOLING, fomo_layer_kwargs
 from nnunet_ext.networks.heads import POOLINGS, PoolingHead
@@ -31,7 +31,11 @@ FOMO_N_STAGES = 5
 #: Conv layers per encoder block in the pretrained network.
 ENCODER_CONVS = 2
 
-TASK_TYPES = (SEGMENTATION, CLASSIFICATION, REGRESSION)
+TASK_TYPES = (SEGMENTATION, CLASSIFICATION, REGRESSION, PRETRAINING)
+#: Task types whose network has the decoder (the others end in an image-level head).
+DECODER_TASK_TYPES = (SEGMENTATION, PRETRAINING)
+#: Output channels of the pretraining network: the reconstruction of its one input channel.
+RECONSTRUCTION_CHANNELS = 1
 #: The network is 3D.
 SPATIAL_DIMS = 3
 #: Encoder level(s) pooled by the image-level head by default: the bottleneck of the 5-level network.
@@ -83,8 +87,10 @@ class FomoUNet(nn.Module):
     """The FOMO25 UNet: ``n_stages`` levels (5 as pretrained: f, 2f, 4f, 8f, 16f channels), then a decoder or a head.
 
     ``task_type`` "segmentation" builds encoder + decoder and returns logits [B, num_classes, X, Y, Z] (a list
-    [full, 1/2, 1/4, ...] with ``deep_supervision``); "classification" / "regression" build encoder + ``head``
-    (no decoder) and return [B, num_classes]. ``decoder_convs`` picks the decoder layout (1 = ``unet_b_lw_dec``,
+    [full, 1/2, 1/4, ...] with ``deep_supervision``); "pretraining" builds the same with one output channel, the
+    reconstruction, and no deep-supervision heads at all (the pretrained files have none, and DDP needs every
+    parameter to get a gradient); "classification" / "regression" build encoder + ``head`` (no decoder) and
+    return [B, num_classes]. ``decoder_convs`` picks the decoder layout (1 = ``unet_b_lw_dec``,
     2 = ``unet_b``) and only shapes the decoder; the ``head_*`` options only apply to image-level tasks.
     ``strides`` is accepted only as nnU-Net's record of the fixed pooling (see :func:`fomo_strides`).
     Input sizes must be divisible by 2 ** (n_stages - 1) (16 for 5 stages), and twice that for training, where
@@ -116,9 +122,13 @@ class FomoUNet(nn.Module):
             input_channels, n_stages, features, kernel_sizes=CONV_KERNEL_SIZE,
             strides=fomo_strides(n_stages), n_conv_per_stage=ENCODER_CONVS,
             return_skips=True, pool=POOLING, **layer_kwargs)
-        if task_type == SEGMENTATION:
+        if task_type in DECODER_TASK_TYPES:
             # DNA's decoder concatenates [upsampled, skip], FOMO's order; its seg_layers[-1] is the output conv.
             self.decoder = UNetDecoder(self.encoder, num_classes, decoder_convs, deep_supervision)
+            if task_type == PRETRAINING:
+                # Without deep supervision DNA uses seg_layers[-1] only; the others would hold untrained tensors.
+                for index in range(len(self.decoder.seg_layers) - 1):
+                    self.decoder.seg_layers[index] = nn.Identity()
         else:
             self.head = PoolingHead(features, head_pool_levels, num_classes, head_dropout, head_pooling)
 
@@ -132,7 +142,11 @@ class FomoUNet(nn.Module):
             _require(isinstance(value, int) and value >= 1, f"{name} must be a positive integer, got {value!r}")
         _require(isinstance(n_stages, int) and n_stages >= 2, f"n_stages must be an integer >= 2, got {n_stages!r}")
         _require(task_type in TASK_TYPES, f"task_type must be one of {TASK_TYPES}, got {task_type!r}")
-        if task_type == SEGMENTATION:
+        if task_type == PRETRAINING:
+            _require(num_classes == RECONSTRUCTION_CHANNELS and not deep_supervision,
+                     f"the pretraining network reconstructs its input: num_classes must be {RECONSTRUCTION_CHANNELS} "
+                     f"and deep supervision off, got {num_classes} and {deep_supervision}")
+        if task_type in DECODER_TASK_TYPES:
             _require(head_dropout == 0.0 and head_pool_levels == DEFAULT_HEAD_POOL_LEVELS
                      and head_pooling == DEFAULT_HEAD_POOLING,
                      "head_dropout / head_pool_levels / head_pooling apply to classification and regression only")
@@ -155,13 +169,13 @@ class FomoUNet(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor | list[torch.Tensor]:
         """Segmentation logits (a list with deep supervision) or image-level outputs [B, num_classes]."""
         skips = self.encoder(x)
-        if self.task_type == SEGMENTATION:
+        if self.task_type in DECODER_TASK_TYPES:
             return self.decoder(skips)
         return self.head(skips)
 
     def compute_conv_feature_map_size(self, input_size: Sequence[int]) -> np.int64:
         """Number of feature-map voxels for one input patch (nnU-Net's planners estimate memory with it)."""
         size = self.encoder.compute_conv_feature_map_size(input_size)
-        if self.task_type == SEGMENTATION:
+        if self.task_type in DECODER_TASK_TYPES:
             size += self.decoder.compute_conv_feature_map_size(input_size)
         return size

@@ -30,8 +30,10 @@ from nnunet_ext.networks import DECODER_LAYOUTS, MODEL_PRESETS
 from nnunet_ext.networks.heads import POOLINGS
 from nnunet_ext.networks.unet import DEFAULT_HEAD_POOL_LEVELS, DEFAULT_HEAD_POOLING
 from nnunet_ext.preprocessing.fingerprint import FomoFingerprintExtractor
+from nnunet_ext.preprocessing.folders import require_input_folder, require_writable_folder
 from nnunet_ext.preprocessing.planner import (
     FULLRES,
+    MAX_PATCH_TO_MEDIAN_RATIO,
     PRETRAINING_SPACING_MM,
     FomoPlanner,
     FomoPlanSettings,
@@ -45,6 +47,9 @@ from nnunet_ext.utils.arguments import int_at_least, positive_float
 
 log = logging.getLogger(__name__)
 
+#: nnU-Net's environment variables of the folders planning reads and writes (it never touches nnUNet_results).
+RAW_VAR = "nnUNet_raw"
+PREPROCESSED_VAR = "nnUNet_preprocessed"
 #: nnU-Net's default plans identifier: FOMO plans take its place (see the module docstring).
 DEFAULT_PLANS_NAME = "nnUNetPlans"
 
@@ -53,6 +58,8 @@ def fomo_plan_and_preprocess(dataset_id: int, settings: FomoPlanSettings = FomoP
                              plans_name: str = DEFAULT_PLANS_NAME, num_processes: int = default_num_processes,
                              verify_dataset_integrity: bool = False) -> Path:
     """Fingerprint, plan and preprocess dataset ``dataset_id`` (in nnUNet_raw); return the plans file."""
+    require_input_folder(RAW_VAR)
+    require_writable_folder(PREPROCESSED_VAR)
     try:
         dataset_name = convert_id_to_dataset_name(dataset_id)
     except RuntimeError as e:  # nnU-Net's "could not find a dataset with the ID ..."
@@ -84,9 +91,10 @@ def build_parser() -> argparse.ArgumentParser:
                              "(default: 1, the pretraining's; e.g. 2 for CPU budgets and quick experiments, with a "
                              "warning, since the encoder was pretrained at 1 mm)")
     parser.add_argument("--patch-size", type=int, nargs=3, metavar=("X", "Y", "Z"),
-                        help="patch size in voxels, in nnU-Net's array axis order, each a multiple of 16 and at "
-                             "least 32 (default: the field of 160 x 192 x 160 voxels at 1 mm at the planned "
-                             "spacing, capped by the median image shape)")
+                        help="patch size in voxels, in nnU-Net's array axis order, each a multiple of 16, at "
+                             f"least 32 and at most {MAX_PATCH_TO_MEDIAN_RATIO:g} x the median image shape (default: "
+                             "the field of 160 x 192 x 160 voxels at 1 mm at the planned spacing, capped by the median "
+                             "image shape)")
     parser.add_argument("--pretrained", type=Path, metavar="CKPT",
                         help="FOMO checkpoint the trainers start from; its path and sha256 go into the plans")
     parser.add_argument("--model", choices=sorted(MODEL_PRESETS), default="unet_b",

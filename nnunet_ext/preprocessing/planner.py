@@ -12,7 +12,8 @@ entire brain and segmentation sees the full context. nnU-Net's own VRAM estimato
 patch at about 12 GB (UNet-XL about 24 GB): it fits 24-80 GB GPUs, UNet-XL from 40 GB. Smaller datasets do not
 pay for it: each axis is capped by the median image shape rounded up to a multiple of 16 (the network pools four
 times by 2). At another spacing the default covers the same physical field (80 x 96 x 80 voxels at 2 mm), and
-never less than :data:`MIN_PATCH_EDGE` per axis. ``--patch-size`` overrides it.
+never less than :data:`MIN_PATCH_EDGE` per axis. ``--patch-size`` overrides it, up to
+:data:`MAX_PATCH_TO_MEDIAN_RATIO` times the median shape.
 """
 
 from __future__ import annotations
@@ -47,10 +48,26 @@ log = logging.getLogger(__name__)
 FULLRES = "3d_fullres"
 #: Voxel spacing of the pretraining data: the encoder's filters are tuned to this scale.
 PRETRAINING_SPACING_MM: Tuple[float, float, float] = (1.0, 1.0, 1.0)
-#: Patch edges must be divisible by the total downsampling of the network (four max-pools by 2).
-PATCH_DIVISOR = 2 ** (FOMO_N_STAGES - 1)
-#: Smallest patch edge: training needs more than one bottleneck voxel per axis for instance norm.
-MIN_PATCH_EDGE = 2 * PATCH_DIVISOR
+
+
+def patch_divisor(n_stages: int) -> int:
+    """What patch edges must be divisible by: the network's total downsampling (``n_stages - 1`` max-pools by 2)."""
+    return 2 ** (n_stages - 1)
+
+
+def min_patch_edge(n_stages: int) -> int:
+    """Smallest patch edge for training: more than one bottleneck voxel per axis, for instance norm."""
+    return 2 * patch_divisor(n_stages)
+
+
+#: :func:`patch_divisor` and :func:`min_patch_edge` of the FOMO network (four max-pools by 2).
+PATCH_DIVISOR = patch_divisor(FOMO_N_STAGES)
+MIN_PATCH_EDGE = min_patch_edge(FOMO_N_STAGES)
+#: Largest ``--patch-size`` edge as a multiple of the median image edge (at the planned spacing). nnU-Net caps its
+#: patch at the median shape; a somewhat larger one is legitimate (cases larger than the median, or a whole brain
+#: for image-level heads), but beyond twice the median most of every patch is padding, which costs memory and time
+#: and teaches nothing: typically a wrong axis order or a patch meant for another spacing.
+MAX_PATCH_TO_MEDIAN_RATIO = 2.0
 #: Default patch (voxels at 1 mm, nnU-Net's array axis order); see the module docstring.
 DEFAULT_PATCH_SIZE: Tuple[int, int, int] = (160, 192, 160)
 #: Cases per training batch (the FOMO baseline's and nnU-Net's minimum).
@@ -63,14 +80,22 @@ NETWORK_CLASS_NAME = "nnunet_ext.networks.FomoUNet"
 Shape = Union[Sequence[int], np.ndarray]
 
 
+def patch_size_problem(patch_size: Sequence[int], n_stages: int = FOMO_N_STAGES) -> Optional[str]:
+    """What is wrong with ``patch_size`` for training a network of ``n_stages`` levels, or None: it must be 3
+    multiples of :func:`patch_divisor`, each at least :func:`min_patch_edge`."""
+    divisor, minimum = patch_divisor(n_stages), min_patch_edge(n_stages)
+    if len(patch_size) == 3 and all(edge >= minimum and edge % divisor == 0 for edge in patch_size):
+        return None
+    return (f"must be 3 multiples of {divisor} (the network downsamples {n_stages - 1} times by 2), each at least "
+            f"{minimum} (training needs more than one bottleneck voxel per axis)")
+
+
 def validate_patch_size(patch_size: Sequence[int]) -> Tuple[int, int, int]:
-    """Return ``patch_size`` as a tuple, or refuse one that is not 3 multiples of :data:`PATCH_DIVISOR` of at least
-    :data:`MIN_PATCH_EDGE`."""
+    """Return ``patch_size`` as a tuple, or refuse it for the FOMO network (see :func:`patch_size_problem`)."""
     patch = tuple(int(edge) for edge in patch_size)
-    if len(patch) != 3 or any(edge < MIN_PATCH_EDGE or edge % PATCH_DIVISOR for edge in patch):
-        raise FomoInputError(f"patch size {list(patch_size)} must be 3 multiples of {PATCH_DIVISOR} (the network "
-                             f"downsamples {FOMO_N_STAGES - 1} times by 2), each at least {MIN_PATCH_EDGE} (training "
-                             "needs more than one bottleneck voxel per axis)")
+    problem = patch_size_problem(patch)
+    if problem is not None:
+        raise FomoInputError(f"patch size {list(patch_size)} {problem}")
     return patch  # type: ignore[return-value]
 
 
@@ -95,6 +120,17 @@ def default_patch_size(median_shape: Shape, spacing: Sequence[float] = PRETRAINI
     return tuple(max(MIN_PATCH_EDGE, min(_round_up(default * pretraining / s), _round_up(median)))
                  for default, pretraining, s, median in zip(DEFAULT_PATCH_SIZE, PRETRAINING_SPACING_MM, spacing,
                                                             median_shape))  # type: ignore[return-value]
+
+
+def check_patch_fits_median(patch_size: Sequence[int], median_shape: Shape) -> None:
+    """Refuse an explicit patch with an edge over :data:`MAX_PATCH_TO_MEDIAN_RATIO` times the median image edge
+    (rounded up to the divisor, and never below :data:`MIN_PATCH_EDGE`, which any dataset may use)."""
+    limit = [max(MIN_PATCH_EDGE, _round_up(MAX_PATCH_TO_MEDIAN_RATIO * median)) for median in median_shape]
+    if any(edge > most for edge, most in zip(patch_size, limit)):
+        median = [round(float(edge), 1) for edge in median_shape]
+        raise FomoInputError(f"--patch-size {list(patch_size)} exceeds {MAX_PATCH_TO_MEDIAN_RATIO:g} x the median "
+                             f"image shape {median} at the planned spacing (largest allowed {limit}): most of every "
+                             "patch would be padding; check the axis order and the spacing")
 
 
 @dataclass(frozen=True)
@@ -268,6 +304,8 @@ class FomoPlanner(ExperimentPlanner):
                                                    approximate_n_voxels_dataset, _cache)
         if len(spacing) != 3:
             return plan  # the 2d configuration nnU-Net always plans: save_plans drops it
+        if self.settings.patch_size is not None:
+            check_patch_fits_median(self.settings.patch_size, median_shape)
         patch = self.settings.patch_size or default_patch_size(median_shape, spacing)
         plan.update({
             "batch_size": BATCH_SIZE,

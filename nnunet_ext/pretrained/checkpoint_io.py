@@ -28,11 +28,13 @@ from nnunet_ext.utils.files import PathLike
 #: Environment variable that, set to "1", trusts every checkpoint (``weights_only=False``).
 TRUST_ENV_VAR = "FOMO_TRUST_CHECKPOINT"
 TRUST_ENV_VALUE = "1"
+#: Prefix ``torch.compile`` gives every key of a compiled module's state dict (a bare state dict saved from one).
+COMPILED_PREFIX = "_orig_mod."
 #: Prefix of network keys in a Lightning checkpoint, and the one ``torch.compile`` adds inside it.
 MODEL_PREFIX = "model."
-COMPILED_MODEL_PREFIX = "model._orig_mod."
-#: Compiled first: it is the longer of the two.
-MODEL_PREFIXES = (COMPILED_MODEL_PREFIX, MODEL_PREFIX)
+COMPILED_MODEL_PREFIX = f"{MODEL_PREFIX}{COMPILED_PREFIX}"
+#: Compiled Lightning first: it is the longest and starts like the plain one.
+MODEL_PREFIXES = (COMPILED_MODEL_PREFIX, MODEL_PREFIX, COMPILED_PREFIX)
 #: How many offending keys an error message names.
 _SHOWN_KEYS = 5
 #: Read size for hashing large checkpoints.
@@ -133,7 +135,8 @@ def _safe_global_names() -> set[str]:
 
 def load_fomo_state_dict(path: PathLike, trust_checkpoint: bool = False
                          ) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    """Read a checkpoint's network weights (CPU tensors, ``model.`` / ``model._orig_mod.`` stripped) and metadata.
+    """Read a checkpoint's network weights (CPU tensors, ``model.`` / ``model._orig_mod.`` / ``_orig_mod.`` stripped)
+    and metadata.
 
     Accepts a Lightning ``.ckpt`` (``state_dict``), an nnU-Net ``checkpoint_*.pth`` (``network_weights``) and a
     bare state dict. Metadata: ``format``, ``hyper_parameters`` (empty when the file has none), ``epoch``.
@@ -167,7 +170,8 @@ def _check_state_dict(weights: Any, path: Path) -> Mapping[str, torch.Tensor]:
 
 
 def strip_model_prefix(state_dict: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Remove the Lightning module's ``model.`` (or compiled ``model._orig_mod.``) prefix from every key."""
+    """Remove the Lightning module's ``model.`` (or compiled ``model._orig_mod.``) prefix, or a compiled bare state
+    dict's ``_orig_mod.``, from every key."""
     stripped: dict[str, torch.Tensor] = {}
     for key, tensor in state_dict.items():
         prefix = next((p for p in MODEL_PREFIXES if key.startswith(p)), "")

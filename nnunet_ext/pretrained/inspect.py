@@ -28,6 +28,15 @@ HPARAMS_OF_INTEREST = ("model_name", "patch_size", "epochs", "warmup_epochs", "l
 EXIT_CHECKPOINT_UNFIT = 1
 #: How many differing keys the human-readable output lists per kind.
 _SHOWN_KEYS = 5
+#: The linear layer of the image-level head that our classification and regression networks have instead of a
+#: decoder (``networks.heads.PoolingHead`` as ``FomoUNet.head``).
+HEAD_LINEAR_WEIGHT = "head.linear.weight"
+#: The FOMO names of the encoder's tensors start so; an image-level network has no others.
+ENCODER_PREFIX = "encoder."
+#: What an image-level head with this many outputs predicts (each task's ``num_classes``).
+HEAD_TASK_TYPES = {task.num_classes: task.task_type for task in TASKS.values() if task.task_type != SEGMENTATION}
+#: ``decoder_layout`` of a network that has an image-level head instead of a decoder.
+NO_DECODER = "none (image-level head)"
 
 
 def inspect_checkpoint(path: PathLike, trust_checkpoint: bool = False) -> dict[str, Any]:
@@ -49,13 +58,19 @@ def inspect_checkpoint(path: PathLike, trust_checkpoint: bool = False) -> dict[s
         "hyper_parameters": {key: hyper_parameters[key] for key in HPARAMS_OF_INTEREST if key in hyper_parameters},
     }
     if layout is None:
-        info.update(architecture=fomo_layout.UNKNOWN, decoder_layout=fomo_layout.UNKNOWN, starting_filters=None,
-                    input_channels=None, matches_fomo_layout=False, layout_differences={}, tasks={})
+        info.update(architecture=fomo_layout.UNKNOWN, decoder_layout=fomo_layout.UNKNOWN, head=None,
+                    starting_filters=None, input_channels=None, matches_fomo_layout=False, layout_differences={},
+                    tasks={})
         return info
+    head = image_level_head(state_dict, source)
     differences = fomo_layout.layout_mismatches(source, layout)
+    if head is not None:
+        # fine-tuned by our classification or regression trainers: the pretrained decoder was never built
+        differences["missing"] = [key for key in differences["missing"] if key.startswith(ENCODER_PREFIX)]
     info.update(
         architecture=fomo_layout.architecture_name(layout.starting_filters),
-        decoder_layout=fomo_layout.decoder_layout_name(layout.decoder_convs),
+        decoder_layout=NO_DECODER if head else fomo_layout.decoder_layout_name(layout.decoder_convs),
+        head=head,
         starting_filters=layout.starting_filters,
         input_channels=layout.input_channels,
         matches_fomo_layout=not any(differences.values()),
@@ -63,6 +78,19 @@ def inspect_checkpoint(path: PathLike, trust_checkpoint: bool = False) -> dict[s
         tasks={task_id: _task_compatibility(task_id, state_dict, layout) for task_id in TASKS},
     )
     return info
+
+
+def image_level_head(state_dict: Mapping[str, torch.Tensor], source: Mapping[str, torch.Tensor]
+                     ) -> dict[str, Any] | None:
+    """The image-level head of a network our classification or regression trainers fine-tuned (an nnU-Net
+    ``checkpoint_*.pth`` of ``FomoClassificationTrainer`` / ``FomoRegressionTrainer``): what it predicts, its outputs
+    and pooled features; None for a network with a decoder (FOMO's pretrained one, or our segmentation network)."""
+    weight = state_dict.get(HEAD_LINEAR_WEIGHT)
+    if weight is None or weight.ndim != 2 or any(not key.startswith(ENCODER_PREFIX) for key in source):
+        return None
+    outputs, features = weight.shape
+    return {"task_type": HEAD_TASK_TYPES.get(outputs, fomo_layout.UNKNOWN), "outputs": outputs,
+            "pooled_features": features}
 
 
 def _task_compatibility(task_id: int, state_dict: Mapping[str, torch.Tensor], layout: fomo_layout.FomoLayout
@@ -113,7 +141,11 @@ def format_inspection(info: dict[str, Any]) -> str:
         f"tensors:          {info['tensors']} ({info['parameters']:,} parameters)"
         + (f", plus {len(info['keys_without_fomo_counterpart'])} of our own heads"
            if info["keys_without_fomo_counterpart"] else ""),
-        f"FOMO layout:      {'exact match' if info['matches_fomo_layout'] else 'DIFFERS'}",
+        *([f"head:             {info['head']['task_type']}: {info['head']['outputs']} output(s) from "
+           f"{info['head']['pooled_features']} pooled encoder features (a network fine-tuned by our "
+           f"{info['head']['task_type']} trainer: encoder and head, no decoder)"] if info["head"] else []),
+        f"FOMO layout:      {'exact match' if info['matches_fomo_layout'] else 'DIFFERS'}"
+        + (" (encoder)" if info["head"] and info["matches_fomo_layout"] else ""),
         f"finite weights:   " + ("yes" if not info["nonfinite_tensors"] else
                                  f"NO: {len(info['nonfinite_tensors'])} tensor(s) hold NaN/Inf"),
     ]
@@ -135,7 +167,8 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="fomo_inspect_checkpoint",
         description="Show what a FOMO25 / nnU-Net checkpoint holds and which FOMO tasks it can initialise. "
-                    f"Exit status: 0 when it is in the FOMO UNet layout with finite weights, {EXIT_CHECKPOINT_UNFIT} "
+                    "Exit status: 0 when it is in the FOMO UNet layout (the encoder, for a classification or "
+                    f"regression network fine-tuned by our trainers) with finite weights, {EXIT_CHECKPOINT_UNFIT} "
                     "when the layout differs or weights are NaN/Inf (the report is printed all the same), 2 when "
                     "it cannot be read.")
     parser.add_argument("checkpoint", type=Path,

@@ -15,8 +15,10 @@ from torch import nn
 from nnunet_ext.errors import FomoInputError
 from nnunet_ext.networks.unet import (
     DECODER_LAYOUTS,
+    DECODER_TASK_TYPES,
     ENCODER_CONVS,
     FOMO_N_STAGES,
+    PRETRAINING,
     SEGMENTATION,
     FomoUNet,
     conv_layer_path,
@@ -175,7 +177,7 @@ def transfer_fomo_weights(network: FomoUNet, state_dict: Mapping[str, torch.Tens
     if report.transferred == 0 or not (report.complete or allow_partial):
         raise FomoInputError(_refusal_message(network, detected, report), checkpoint)
     _apply(network, plan)
-    log.info("%s", report.summary())
+    log.debug("%s", report.summary())
     return report
 
 
@@ -183,19 +185,21 @@ def _plan_transfer(network: FomoUNet, source: Mapping[str, torch.Tensor], our_ex
                    detected: fomo_layout.FomoLayout | None, channel_adaptation: str) -> _TransferPlan:
     """Decide the status of every checkpoint tensor and network parameter."""
     params = dict(network.named_parameters())
-    segmentation = network.task_type == SEGMENTATION
-    table = build_key_table(network.n_stages, network.decoder_convs, with_decoder=segmentation)
+    with_decoder = _takes_decoder(network)
+    table = build_key_table(network.n_stages, network.decoder_convs, with_decoder=with_decoder)
+    if network.task_type == PRETRAINING:  # continued pretraining: the reconstruction conv is the checkpoint's too
+        table.update(_output_conv_pairs(network.n_stages))
     plan = _TransferPlan()
     for fomo_key, our_name in table.items():
         _plan_tensor(plan, fomo_key, source.get(fomo_key), our_name, params[our_name], channel_adaptation)
-    output_pairs = _output_conv_pairs(network.n_stages) if segmentation else {}
+    output_pairs = _output_conv_pairs(network.n_stages) if network.task_type == SEGMENTATION else {}
     for fomo_key, our_name in output_pairs.items():
         plan.add(REINITIALISED, fomo_key if fomo_key in source else None, our_name, source.get(fomo_key),
                  params[our_name], "output conv re-initialised: the pretrained one reconstructs 1 MAE channel")
     # An image-level network takes no decoder: the checkpoint's (whatever its layout) is known but unused.
-    # A segmentation network takes the whole decoder, so any decoder key outside the table is unexpected.
+    # A network with a decoder takes the whole decoder, so any decoder key outside the table is unexpected.
     source_decoder_convs = network.decoder_convs if detected is None else detected.decoder_convs
-    unused = {} if segmentation else {**build_key_table(network.n_stages, source_decoder_convs, with_decoder=True),
+    unused = {} if with_decoder else {**build_key_table(network.n_stages, source_decoder_convs, with_decoder=True),
                                        **_output_conv_pairs(network.n_stages)}
     for fomo_key, tensor in source.items():
         if fomo_key in table or fomo_key in output_pairs:
@@ -259,6 +263,11 @@ def _describe_layout(layout: fomo_layout.FomoLayout) -> dict[str, object]:
             "starting_filters": layout.starting_filters, "input_channels": layout.input_channels}
 
 
+def _takes_decoder(network: FomoUNet) -> bool:
+    """Whether ``network`` takes the checkpoint's decoder (segmentation and pretraining do)."""
+    return network.task_type in DECODER_TASK_TYPES
+
+
 def _refusal_message(network: FomoUNet, detected: fomo_layout.FomoLayout | None, report: TransferReport) -> str:
     """Why the checkpoint does not fit, naming the likely cause first, then the report's summary."""
     if detected is None:
@@ -267,12 +276,14 @@ def _refusal_message(network: FomoUNet, detected: fomo_layout.FomoLayout | None,
         cause = (f"the checkpoint has starting filters {detected.starting_filters} "
                  f"({fomo_layout.architecture_name(detected.starting_filters)}) but the network has "
                  f"{network.starting_filters} ({fomo_layout.architecture_name(network.starting_filters)})")
-    elif network.task_type == SEGMENTATION and detected.decoder_convs != network.decoder_convs:
+    elif _takes_decoder(network) and detected.decoder_convs != network.decoder_convs:
         cause = (f"the checkpoint's decoder layout is {fomo_layout.decoder_layout_name(detected.decoder_convs)} "
                  f"but the network has decoder_convs={network.decoder_convs}")
     else:
         cause = "the checkpoint does not match the network's layout"
     if report.transferred == 0:
         return f"refusing the checkpoint: {cause}; no tensor could be transferred\n{report.summary()}"
+    # No command offers a partial transfer (only this function's allow_partial argument does): name the real way out.
     return (f"refusing the checkpoint: {cause}\n{report.summary()}\n"
-            "pass allow_partial (--allow-partial) to transfer what fits anyway")
+            "no command transfers part of a checkpoint: plan a network that matches it (fomo_inspect_checkpoint shows "
+            "its layout and which tasks it can start), or train without it (the _Scratch trainer variants)")

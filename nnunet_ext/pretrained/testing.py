@@ -16,6 +16,7 @@ from nnunet_ext.errors import FomoInputError
 from nnunet_ext.networks.unet import DECODER_LAYOUTS, MODEL_PRESETS
 from nnunet_ext.pretrained.checkpoint_io import COMPILED_MODEL_PREFIX, MODEL_PREFIX
 from nnunet_ext.pretrained.fomo_layout import FomoLayout
+from nnunet_ext.pretrained.lightning_file import lightning_checkpoint
 from nnunet_ext.utils.files import PathLike
 
 #: Standard deviation of the random biases and of the norm weights around 1.
@@ -23,7 +24,6 @@ _VECTOR_STD = 0.1
 #: What the published checkpoint's Lightning dict records (fomo_reference.md, section 1).
 _EPOCH = 12
 _STEPS_PER_EPOCH = 100
-_LIGHTNING_VERSION = "2.4.0"
 _PATCH_SIZE = [96, 96, 96]
 _LEARNING_RATE = 1e-4
 _MASK_RATIO = 0.6
@@ -64,14 +64,14 @@ def make_fomo_checkpoint(path: PathLike, starting_filters: int = MODEL_PRESETS["
     path = Path(path)
     state_dict = make_fomo_state_dict(starting_filters, decoder_layout, seed)
     prefix = COMPILED_MODEL_PREFIX if compiled else MODEL_PREFIX
-    prefixed = {prefix + key: tensor for key, tensor in state_dict.items()}
-    content = _lightning_dict(prefixed, decoder_layout) if lightning else prefixed
+    content = _lightning_dict(state_dict, decoder_layout, prefix) if lightning else \
+        {prefix + key: tensor for key, tensor in state_dict.items()}
     path.parent.mkdir(parents=True, exist_ok=True)
     torch.save(content, path)
     return path
 
 
-def _lightning_dict(state_dict: dict[str, torch.Tensor], model_name: str) -> dict[str, Any]:
+def _lightning_dict(state_dict: dict[str, torch.Tensor], model_name: str, prefix: str) -> dict[str, Any]:
     """The top-level dict Lightning writes, with AdamW state, a cosine schedule and the baseline's hparams."""
     step = _EPOCH * _STEPS_PER_EPOCH
     optimizer_state = {
@@ -86,25 +86,18 @@ def _lightning_dict(state_dict: dict[str, torch.Tensor], model_name: str) -> dic
     config = {"model_name": model_name, "patch_size": _PATCH_SIZE, "epochs": _EPOCHS, "batch_size": 2,
               "input_channels": 1, "num_classes": 1, "mask_ratio": _MASK_RATIO, "precision": "bf16-mixed",
               "version_dir": "/models/fomo-60k/version_0"}
-    return {
-        "epoch": _EPOCH,
-        "global_step": step,
-        "pytorch-lightning_version": _LIGHTNING_VERSION,
-        "state_dict": state_dict,
-        "loops": {"fit_loop": {"state_dict": {}, "epoch_progress": {"total": {"completed": _EPOCH}}}},
-        "callbacks": {"ModelCheckpoint{'monitor': 'val/loss'}": {
-            "monitor": "val/loss", "best_model_score": torch.tensor(0.01), "best_model_path": "epoch=12.ckpt",
-            "best_k_models": {"epoch=12.ckpt": torch.tensor(0.01)}, "kth_value": torch.tensor(0.01)}},
-        "optimizer_states": [optimizer_state],
-        "lr_schedulers": [{"T_max": _EPOCHS * _STEPS_PER_EPOCH, "eta_min": 0.0, "base_lrs": [_LEARNING_RATE],
-                           "last_epoch": step, "_step_count": step + 1, "_last_lr": [_LEARNING_RATE]}],
-        "MixedPrecision": {"scale": _AMP_SCALE, "growth_factor": 2.0, "backoff_factor": 0.5,
-                           "growth_interval": 2000, "_growth_tracker": 0},
-        "hparams_name": "kwargs",
-        "hyper_parameters": {
-            "model_name": model_name, "steps_per_epoch": _STEPS_PER_EPOCH, "epochs": _EPOCHS,
-            "learning_rate": _LEARNING_RATE, "config": config, "optimizer": "AdamW",
-            "warmup_epochs": _WARMUP_EPOCHS, "cosine_period_ratio": 1, "input_channels": 1, "num_classes": 1,
-            "patch_size": _PATCH_SIZE, "mask_patch_size": _MASK_PATCH_SIZE, "mask_ratio": _MASK_RATIO,
-            "should_compile": False, "compile_mode": None},
-    }
+    callbacks = {"ModelCheckpoint{'monitor': 'val/loss'}": {
+        "monitor": "val/loss", "best_model_score": torch.tensor(0.01), "best_model_path": "epoch=12.ckpt",
+        "best_k_models": {"epoch=12.ckpt": torch.tensor(0.01)}, "kth_value": torch.tensor(0.01)}}
+    schedulers = [{"T_max": _EPOCHS * _STEPS_PER_EPOCH, "eta_min": 0.0, "base_lrs": [_LEARNING_RATE],
+                   "last_epoch": step, "_step_count": step + 1, "_last_lr": [_LEARNING_RATE]}]
+    mixed_precision = {"scale": _AMP_SCALE, "growth_factor": 2.0, "backoff_factor": 0.5, "growth_interval": 2000,
+                       "_growth_tracker": 0}
+    hyper_parameters = {
+        "model_name": model_name, "steps_per_epoch": _STEPS_PER_EPOCH, "epochs": _EPOCHS,
+        "learning_rate": _LEARNING_RATE, "config": config, "optimizer": "AdamW",
+        "warmup_epochs": _WARMUP_EPOCHS, "cosine_period_ratio": 1, "input_channels": 1, "num_classes": 1,
+        "patch_size": _PATCH_SIZE, "mask_patch_size": _MASK_PATCH_SIZE, "mask_ratio": _MASK_RATIO,
+        "should_compile": False, "compile_mode": None}
+    return lightning_checkpoint(state_dict, hyper_parameters, _EPOCH, step, [optimizer_state], schedulers,
+                                callbacks, extra={"MixedPrecision": mixed_precision}, prefix=prefix)

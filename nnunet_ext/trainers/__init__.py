@@ -17,6 +17,7 @@ from nnunet_ext.trainers.classification import (  # noqa: E402
     FomoClassificationTrainer,
     FomoClassificationTrainer_noSmoothing,
 )
+from nnunet_ext.trainers.pretraining import FomoPretrainTrainer, FomoPretrainTrainer_MaskedOnly  # noqa: E402
 from nnunet_ext.trainers.regression import (  # noqa: E402
     FomoRegressionTrainer,
     FomoRegressionTrainer_L1,
@@ -44,6 +45,8 @@ TRAINER_FAMILIES: tuple[type[FomoTrainerBase], ...] = (
     FomoRegressionTrainer_L1,
     FomoRegressionTrainer_MirrorAll,
     FomoRegressionTrainer_Rotate,
+    FomoPretrainTrainer,
+    FomoPretrainTrainer_MaskedOnly,
 )
 #: Every trainer nnU-Net can be asked for, by class name.
 TRAINERS: dict[str, type[FomoTrainerBase]] = {}

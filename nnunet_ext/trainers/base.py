@@ -21,22 +21,28 @@ import sys
 import time
 from contextlib import contextmanager
 from os.path import join
+from pathlib import Path
 from typing import Any, ClassVar, Iterator
 
 import torch
+from nnunetv2.paths import nnUNet_preprocessed
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 from nnunetv2.utilities.get_network_from_plans import get_network_from_plans
+from nnunetv2.utilities.label_handling.label_handling import determine_num_input_channels
 from nnunetv2.utilities.plans_handling.plans_handler import ConfigurationManager, PlansManager
 from torch import nn
 from torch._dynamo import OptimizedModule
 from torch.nn.parallel import DistributedDataParallel
 
 from nnunet_ext.dataset_conversion.tasks import SEGMENTATION
-from nnunet_ext.errors import FomoInputError
+from nnunet_ext.errors import EXIT_BAD_INPUT, FomoInputError
+from nnunet_ext.networks import FOMO_N_STAGES
 from nnunet_ext.preprocessing.fomo_plans import FomoPlansBlock
+from nnunet_ext.preprocessing.planner import patch_size_problem
 from nnunet_ext.trainers.model_selection import EARLY_STOPPING_PATIENCE, epochs_since_best, patience_exhausted
 from nnunet_ext.trainers.pretrained_loading import (
     PRETRAINED_ENV_VAR,
+    PretrainedSource,
     TRANSFER_REPORT_FILENAME,
     load_pretrained,
     resolve_pretrained_source,
@@ -54,6 +60,10 @@ NNUNET_EMA_DICE = "ema_fg_dice"
 CHECKPOINT_BEST = "checkpoint_best.pth"
 #: nnU-Net's command-line flag for its own (strict, nnU-Net-checkpoint-only) weight loading.
 NNUNET_PRETRAINED_FLAG = "-pretrained_weights"
+#: nnU-Net's command-line flag that only re-runs the validation of a finished training.
+NNUNET_VALIDATION_FLAG = "--val"
+#: nnU-Net's training command (its console script's name).
+NNUNET_TRAIN_COMMAND = "nnUNetv2_train"
 #: Least time between two redraws of the progress figures. nnU-Net redraws progress.png after every epoch: about
 #: a second of matplotlib, negligible next to a GPU epoch of minutes, but 40% of a 2-second CPU demo epoch.
 PROGRESS_PLOT_INTERVAL_S = 60.0
@@ -87,6 +97,32 @@ def _nnunet_pretrained_flag_given(argv: list[str]) -> bool:
     return any(arg == NNUNET_PRETRAINED_FLAG or arg.startswith(NNUNET_PRETRAINED_FLAG + "=") for arg in argv)
 
 
+def _validation_only(argv: list[str]) -> bool:
+    """Whether the command line carries nnU-Net's ``--val`` (validation of a finished training, no weights loaded)."""
+    return NNUNET_VALIDATION_FLAG in argv
+
+
+def _plans_file(plans_manager: PlansManager) -> str | None:
+    """The plans file nnU-Net read (``nnUNet_preprocessed/<dataset>/<plans name>.json``), None if not set."""
+    if not nnUNet_preprocessed.is_set():
+        return None
+    return join(nnUNet_preprocessed, plans_manager.dataset_name, plans_manager.plans_name + ".json")
+
+
+@contextmanager
+def errors_reported_as_in_our_commands() -> Iterator[None]:
+    """Inside nnU-Net's ``nnUNetv2_train``, refused input ends the process as our own commands end it (``cli_entry``):
+    one ``error: <file>: <what>`` line and exit status 2. nnU-Net's command has no such wrapper, and the traceback
+    would bury the message. Elsewhere (the Python API, the demo, tests) the :class:`FomoInputError` propagates."""
+    try:
+        yield
+    except FomoInputError as e:
+        if Path(sys.argv[0]).name != NNUNET_TRAIN_COMMAND:
+            raise
+        print(f"error: {e}", file=sys.stderr)
+        raise SystemExit(EXIT_BAD_INPUT) from None
+
+
 class FomoTrainerBase(nnUNetTrainer):
     """Base of the FOMO fine-tuning trainers (see the module docstring).
 
@@ -110,11 +146,10 @@ class FomoTrainerBase(nnUNetTrainer):
 
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
                  device: torch.device = torch.device("cuda")):
-        super().__init__(plans, configuration, fold, dataset_json, device)
-        self.fomo_plans = FomoPlansBlock.from_configuration(self.configuration_manager.configuration)
-        if self.fomo_plans.task_type != self.task_type:
-            raise FomoInputError(f"{type(self).__name__} trains {self.task_type} tasks, but these plans describe a "
-                                 f"{self.fomo_plans.task_type} task")
+        with errors_reported_as_in_our_commands():
+            # nnU-Net's __init__ creates the fold folder: refused input must leave nothing behind
+            self.fomo_plans = self._check_inputs(plans, configuration, dataset_json)
+            super().__init__(plans, configuration, fold, dataset_json, device)
         self.initial_lr = FINETUNE_LR
         self.weight_decay = FINETUNE_WEIGHT_DECAY
         self.num_epochs = FINETUNE_NUM_EPOCHS
@@ -145,20 +180,53 @@ class FomoTrainerBase(nnUNetTrainer):
             allow_init=True,
             deep_supervision=enable_deep_supervision)
 
-    def initialize(self) -> None:
-        """nnU-Net's initialisation, refusing its ``-pretrained_weights`` first.
-
-        nnU-Net hands that flag's file to a module-level loader right after this method (run_training.py,
-        ``maybe_load_checkpoint``), never to the trainer: the command line is the only place to see it. Its
-        strict loader reads nnU-Net checkpoints only, and the weights it did load would be replaced by ours.
-        """
+    @classmethod
+    def _check_inputs(cls, plans: dict, configuration: str, dataset_json: dict) -> FomoPlansBlock:
+        """Refuse, before nnU-Net creates anything, what would fail later: nnU-Net's ``-pretrained_weights``, plans
+        of another task or with a patch the network cannot train on, and a pretrained checkpoint that does not fit
+        the network (when this run will load it). Returns the plans' ``fomo`` block."""
         if _nnunet_pretrained_flag_given(sys.argv[1:]):
+            # nnU-Net hands that flag's file to a module-level loader after initialize() (run_training.py,
+            # maybe_load_checkpoint), never to the trainer: the command line is the only place to see it. Its strict
+            # loader reads nnU-Net checkpoints only, and the weights it did load would be replaced by ours.
             raise FomoInputError(
-                f"{type(self).__name__} loads pretrained weights itself; nnU-Net's {NNUNET_PRETRAINED_FLAG} cannot "
+                f"{cls.__name__} loads pretrained weights itself; nnU-Net's {NNUNET_PRETRAINED_FLAG} cannot "
                 f"read FOMO checkpoints. Drop the flag and name the checkpoint at planning "
                 f"(`fomo_plan_and_preprocess --pretrained CKPT`) or with {PRETRAINED_ENV_VAR}=CKPT (an nnU-Net "
                 f"checkpoint_*.pth works there too)")
-        super().initialize()
+        plans_manager = PlansManager(plans)
+        configuration_manager = plans_manager.get_configuration(configuration)
+        fomo_plans = FomoPlansBlock.from_configuration(configuration_manager.configuration)
+        if fomo_plans.task_type != cls.task_type:
+            raise FomoInputError(f"{cls.__name__} trains {cls.task_type} tasks, but these plans describe a "
+                                 f"{fomo_plans.task_type} task")
+        n_stages = configuration_manager.network_arch_init_kwargs.get("n_stages", FOMO_N_STAGES)  # FomoUNet's default
+        problem = patch_size_problem(configuration_manager.patch_size, n_stages)
+        if problem is not None:
+            raise FomoInputError(f"configuration {configuration!r}: patch_size {list(configuration_manager.patch_size)}"
+                                 f" {problem}; re-plan with fomo_plan_and_preprocess --patch-size",
+                                 _plans_file(plans_manager))
+        source = cls.pretrained_source(fomo_plans)
+        if source is not None and not plans.get("continue_training") and not _validation_only(sys.argv[1:]):
+            # the transfer on_train_start will make, tried on a throwaway copy of the network
+            network = cls.build_network_architecture(
+                plans_manager, configuration_manager,
+                determine_num_input_channels(plans_manager, configuration_manager, dataset_json),
+                plans_manager.get_label_manager(dataset_json).num_segmentation_heads, enable_deep_supervision=False)
+            load_pretrained(network, source, fomo_plans.channel_adaptation)
+        return fomo_plans
+
+    @classmethod
+    def pretrained_source(cls, fomo_plans: FomoPlansBlock) -> PretrainedSource | None:
+        """The checkpoint a new training starts from (see ``resolve_pretrained_source``); None: nnU-Net's random
+        initialisation (the ``_Scratch`` variants)."""
+        return resolve_pretrained_source(fomo_plans.pretrained) if cls.starts_from_pretrained else None
+
+    def initialize(self) -> None:
+        """nnU-Net's initialisation, with refused input reported as by our commands (see
+        :func:`errors_reported_as_in_our_commands`)."""
+        with errors_reported_as_in_our_commands():
+            super().initialize()
 
     def parameter_groups(self) -> list[dict[str, Any]]:
         """Optimiser parameter groups; a group's ``lr`` is its peak learning rate (default: one group)."""
@@ -181,16 +249,17 @@ class FomoTrainerBase(nnUNetTrainer):
         ``--c`` restores a checkpoint (and its epoch counter) before this runs; loading only while the epoch
         counter is 0 keeps trained weights safe even when ``--c`` finds no checkpoint and starts afresh.
         """
-        super().on_train_start()
-        if self.current_epoch == 0:
-            self._initialise_from_pretrained()
+        with errors_reported_as_in_our_commands():
+            super().on_train_start()
+            if self.current_epoch == 0:
+                self._initialise_from_pretrained()
 
     def _initialise_from_pretrained(self) -> None:
         """Transfer the pretrained checkpoint into the network; log and save the transfer report."""
-        if not self.starts_from_pretrained:
+        source = self.pretrained_source(self.fomo_plans)
+        if source is None:
             self.print_to_log_file("Training from scratch: no pretrained weights are loaded.")
             return
-        source = resolve_pretrained_source(self.fomo_plans.pretrained)
         report = load_pretrained(unwrap_network(self.network), source, self.fomo_plans.channel_adaptation)
         self.print_to_log_file(f"Pretrained checkpoint named by the {source.origin}:\n{report.summary()}")
         if self.local_rank == 0:

@@ -66,6 +66,12 @@ def load_pretrained(network: nn.Module, source: PretrainedSource, channel_adapta
             f"{source.expected_sha256}); re-plan, or point {PRETRAINED_ENV_VAR} at it to use it deliberately",
             source.path)
     state_dict, _ = load_fomo_state_dict(source.path)
-    report = transfer_fomo_weights(network, state_dict, channel_adaptation)
+    try:
+        report = transfer_fomo_weights(network, state_dict, channel_adaptation)
+    except FomoInputError as e:
+        if e.path is not None:
+            raise
+        # transfer_fomo_weights got a state dict, not the file: name the file, and who named it
+        raise FomoInputError(f"checkpoint named by the {source.origin}: {e}", source.path) from None
     # The file was hashed above; recording it here spares transfer_fomo_weights a second pass over it.
     return replace(report, checkpoint=str(source.path.resolve()), sha256=sha256)

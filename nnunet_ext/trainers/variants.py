@@ -21,7 +21,7 @@ from typing import Any, ClassVar
 
 import torch
 
-from nnunet_ext.dataset_conversion.tasks import CLASSIFICATION, REGRESSION, SEGMENTATION
+from nnunet_ext.dataset_conversion.tasks import CLASSIFICATION, PRETRAINING, REGRESSION, SEGMENTATION
 from nnunet_ext.trainers.base import FomoTrainerBase, unwrap_network
 
 #: ``_debug``: epochs, training iterations per epoch and validation iterations per epoch.
@@ -48,6 +48,7 @@ DEMO_SCHEDULES: dict[str, DemoSchedule] = {
     SEGMENTATION: DemoSchedule(epochs=8, iterations=12, val_iterations=1, learning_rate=3e-3),
     CLASSIFICATION: DemoSchedule(epochs=8, iterations=20, val_iterations=0, learning_rate=1e-3),
     REGRESSION: DemoSchedule(epochs=60, iterations=20, val_iterations=0, learning_rate=1e-3),
+    PRETRAINING: DemoSchedule(epochs=10, iterations=20, val_iterations=0, learning_rate=1e-3),
 }
 #: ``_cpuDemo``, case-level trainers: validation cases scored after each epoch (the final validation scores all).
 #: Whole-case validation of Task 3's 32 validation cases took more than half of each demo epoch.
@@ -90,7 +91,7 @@ class CpuDemoSchedule:
         self.num_iterations_per_epoch = schedule.iterations
         self.num_val_iterations_per_epoch = schedule.val_iterations
         self.initial_lr = schedule.learning_rate
-        if self.task_type != SEGMENTATION:  # the case-level trainers' per-epoch validation of whole cases
+        if self.task_type in (CLASSIFICATION, REGRESSION):  # the case-level trainers' per-epoch validation
             self.epoch_validation_cases = DEMO_EPOCH_VALIDATION_CASES
         self.early_stopping_patience = None
 

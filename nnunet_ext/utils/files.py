@@ -38,14 +38,34 @@ def _default_dir_mode() -> int:
     return 0o777 & ~_umask()
 
 
-def require_output_folder(path: PathLike) -> Path:
-    """``path`` as a folder to write into, refusing one that (or whose parent) is a file; created if missing."""
+def check_writable_folder(path: PathLike, what: str = "output path") -> Path:
+    """``path`` as a folder to write into, refusing one that (or whose parent) is a file, or whose nearest existing
+    folder cannot be written; ``what`` names it in the error (``nnUNet_raw``). Creates nothing."""
     path = Path(path)
     for part in (path, *path.parents):
-        if part.exists() and not part.is_dir():
-            raise FomoInputError("output path is a file, not a folder: choose another" if part == path else
-                                 f"cannot create the output folder {path}: {part} is a file", part)
-    path.mkdir(parents=True, exist_ok=True)
+        if not part.exists():
+            continue
+        if not part.is_dir():
+            raise FomoInputError(f"{what} is a file, not a folder: choose another" if part == path else
+                                 f"cannot create {what} {path}: {part} is a file", part)
+        if not os.access(part, os.W_OK | os.X_OK):
+            raise FomoInputError(f"cannot write into {what}: {part} is not writable", path)
+        break
+    return path
+
+
+def require_output_folder(path: PathLike) -> Path:
+    """``path`` as a folder to write into (see :func:`check_writable_folder`): created if missing, then proven
+    writable by creating and removing a file in it (permission bits tell nothing to root, nor of /proc). Anything
+    the system refuses is one error naming the path."""
+    path = check_writable_folder(path)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(dir=path, prefix=".write_test.", suffix=".tmp")
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as e:
+        raise FomoInputError(f"cannot write the output here ({e.strerror or e})", path) from None
     return path
 
 
