@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import collections
 import csv
-import io
 import json
 import logging
 import os
@@ -41,7 +40,7 @@ from nnunet_ext.trainers.case_validation import forward_whole_case
 from nnunet_ext.trainers.classification import POSITIVE_CLASS
 from nnunet_ext.trainers.regression import standardiser_of
 from nnunet_ext.utils.arguments import fold
-from nnunet_ext.utils.files import atomic_write_json, atomic_write_text, require_output_folder
+from nnunet_ext.utils.files import atomic_write_csv, atomic_write_json, require_output_folder
 from nnunet_ext.utils.nnunet_paths import (
     DEFAULT_CHECKPOINT,
     DEFAULT_CONFIGURATION,
@@ -168,11 +167,7 @@ def case_level_records(ensemble: FoldEnsemble, cases: Sequence[CaseSource]) -> L
 
 def write_records(output_dir: Path, records: Sequence[Mapping[str, object]], stem: str = PREDICTIONS_STEM) -> None:
     """Write the records as ``<stem>.csv`` (columns from the first record) and ``<stem>.json``, atomically."""
-    table = io.StringIO()
-    writer = csv.DictWriter(table, fieldnames=list(records[0]), lineterminator="\n")
-    writer.writeheader()
-    writer.writerows(records)
-    atomic_write_text(output_dir / f"{stem}.csv", table.getvalue())
+    atomic_write_csv(output_dir / f"{stem}.csv", records)
     atomic_write_json(output_dir / f"{stem}.json", list(records))
 
 

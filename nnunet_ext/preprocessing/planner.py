@@ -31,11 +31,17 @@ import torch
 from nnunetv2.experiment_planning.experiment_planners.default_experiment_planner import ExperimentPlanner
 from nnunetv2.utilities.default_n_proc_DA import get_allowed_n_proc_DA
 
-from nnunet_ext.dataset_conversion.tasks import FOMO_KEY
+from nnunet_ext.dataset_conversion.tasks import FOMO_KEY, PRETRAINING
 from nnunet_ext.errors import FomoInputError
 from nnunet_ext.networks import DECODER_LAYOUTS, FOMO_N_STAGES, MODEL_PRESETS, SEGMENTATION, TASK_TYPES
 from nnunet_ext.networks.heads import POOLINGS
-from nnunet_ext.networks.unet import DEFAULT_HEAD_POOL_LEVELS, DEFAULT_HEAD_POOLING, FomoUNet, fomo_strides
+from nnunet_ext.networks.unet import (
+    DECODER_TASK_TYPES,
+    DEFAULT_HEAD_POOLING,
+    DEFAULT_HEAD_POOL_LEVELS,
+    FomoUNet,
+    fomo_strides,
+)
 from nnunet_ext.preprocessing.fomo_plans import FOMO_PLANS_KEY, FomoPlansBlock, HeadSpec, PretrainedSpec
 from nnunet_ext.preprocessing.normalization import FomoPretrainingNormalization
 from nnunet_ext.pretrained import load_fomo_state_dict, sha256_of_file
@@ -70,6 +76,8 @@ MIN_PATCH_EDGE = min_patch_edge(FOMO_N_STAGES)
 MAX_PATCH_TO_MEDIAN_RATIO = 2.0
 #: Default patch (voxels at 1 mm, nnU-Net's array axis order); see the module docstring.
 DEFAULT_PATCH_SIZE: Tuple[int, int, int] = (160, 192, 160)
+#: Default patch of a pretraining pool (voxels at 1 mm): the FOMO baseline's masked-image-modelling patch, 96^3.
+PRETRAINING_PATCH_SIZE: Tuple[int, int, int] = (96, 96, 96)
 #: Cases per training batch (the FOMO baseline's and nnU-Net's minimum).
 BATCH_SIZE = 2
 #: nnU-Net's number of augmentation workers (see :func:`positive_augmentation_workers`).
@@ -113,12 +121,13 @@ def _round_up(edge: float) -> int:
     return PATCH_DIVISOR * math.ceil(edge / PATCH_DIVISOR - 1e-9)
 
 
-def default_patch_size(median_shape: Shape, spacing: Sequence[float] = PRETRAINING_SPACING_MM
-                       ) -> Tuple[int, int, int]:
-    """The field of :data:`DEFAULT_PATCH_SIZE` (at 1 mm) in voxels of ``spacing``, each axis capped by the median
-    image shape; rounded up to multiples of the divisor, at least :data:`MIN_PATCH_EDGE`."""
+def default_patch_size(median_shape: Shape, spacing: Sequence[float] = PRETRAINING_SPACING_MM,
+                       field: Sequence[int] = DEFAULT_PATCH_SIZE) -> Tuple[int, int, int]:
+    """The ``field`` (voxels at 1 mm; :data:`DEFAULT_PATCH_SIZE`, or :data:`PRETRAINING_PATCH_SIZE` for a
+    pretraining pool) in voxels of ``spacing``, each axis capped by the median image shape; rounded up to multiples
+    of the divisor, at least :data:`MIN_PATCH_EDGE`."""
     return tuple(max(MIN_PATCH_EDGE, min(_round_up(default * pretraining / s), _round_up(median)))
-                 for default, pretraining, s, median in zip(DEFAULT_PATCH_SIZE, PRETRAINING_SPACING_MM, spacing,
+                 for default, pretraining, s, median in zip(field, PRETRAINING_SPACING_MM, spacing,
                                                             median_shape))  # type: ignore[return-value]
 
 
@@ -279,7 +288,7 @@ class FomoPlanner(ExperimentPlanner):
     def _fomo_block(self) -> FomoPlansBlock:
         dataset_json_path = Path(self.raw_dataset_folder) / "dataset.json"
         task_type, num_outputs = task_from_dataset_json(self.dataset_json, dataset_json_path)
-        if task_type == SEGMENTATION and self.settings.has_custom_head:
+        if task_type in DECODER_TASK_TYPES and self.settings.has_custom_head:
             raise FomoInputError("head dropout, pool levels and pooling apply to classification and regression only")
         head = HeadSpec(self.settings.head_dropout, tuple(self.settings.head_pool_levels), self.settings.head_pooling)
         return FomoPlansBlock(task_type, num_outputs, head, pretrained_spec(self.settings),
@@ -306,7 +315,8 @@ class FomoPlanner(ExperimentPlanner):
             return plan  # the 2d configuration nnU-Net always plans: save_plans drops it
         if self.settings.patch_size is not None:
             check_patch_fits_median(self.settings.patch_size, median_shape)
-        patch = self.settings.patch_size or default_patch_size(median_shape, spacing)
+        field = PRETRAINING_PATCH_SIZE if self.fomo_block.task_type == PRETRAINING else DEFAULT_PATCH_SIZE
+        patch = self.settings.patch_size or default_patch_size(median_shape, spacing, field)
         plan.update({
             "batch_size": BATCH_SIZE,
             "patch_size": list(patch),
@@ -325,7 +335,7 @@ class FomoPlanner(ExperimentPlanner):
             # nnU-Net derives the deep-supervision scales from these (ConfigurationManager.pool_op_kernel_sizes)
             "strides": fomo_strides(FOMO_N_STAGES),
         }
-        if self.fomo_block.task_type != SEGMENTATION:
+        if self.fomo_block.task_type not in DECODER_TASK_TYPES:
             arch_kwargs.update(head_dropout=self.fomo_block.head.dropout,
                                head_pool_levels=list(self.fomo_block.head.pool_levels),
                                head_pooling=self.fomo_block.head.pooling)

@@ -9,8 +9,6 @@ the per-epoch metric and ``perform_actual_validation`` (``--val``).
 
 from __future__ import annotations
 
-import csv
-import io
 import itertools
 from pathlib import Path
 from typing import List, Mapping, Optional, Sequence, Tuple, Union
@@ -22,7 +20,7 @@ import torch
 matplotlib.use("agg")  # training machines have no display; nnU-Net's logger does the same
 import matplotlib.pyplot as plt  # noqa: E402
 
-from nnunet_ext.utils.files import atomic_write_json, atomic_write_text
+from nnunet_ext.utils.files import atomic_write_csv, atomic_write_json, atomic_write_text
 
 PathLike = Union[str, Path]
 
@@ -97,11 +95,7 @@ def write_validation_outputs(folder: PathLike, records: Sequence[Mapping], summa
     if not records:
         raise ValueError("no validation predictions to write")
     folder = Path(folder)
-    table = io.StringIO()
-    writer = csv.DictWriter(table, fieldnames=list(records[0]), lineterminator="\n")
-    writer.writeheader()
-    writer.writerows(records)
-    atomic_write_text(folder / "predictions.csv", table.getvalue())
+    atomic_write_csv(folder / "predictions.csv", records)
     atomic_write_json(folder / "predictions.json", list(records))
     atomic_write_json(folder / "summary.json", dict(summary))
 

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import contextlib
+import csv
 import glob
+import io
 import json
 import logging
 import os
@@ -11,7 +13,7 @@ import re
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Any, Iterator, List, Union
+from typing import Any, Iterator, List, Mapping, Sequence, Union
 
 from nnunet_ext.errors import FomoInputError
 
@@ -90,6 +92,15 @@ def atomic_write_bytes(path: PathLike, data: bytes) -> None:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
+
+
+def atomic_write_csv(path: PathLike, records: Sequence[Mapping[str, Any]]) -> None:
+    """Write ``records`` as a CSV table (columns from the first record's keys) to ``path`` atomically."""
+    table = io.StringIO()
+    writer = csv.DictWriter(table, fieldnames=list(records[0]), lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(records)
+    atomic_write_text(path, table.getvalue())
 
 
 def atomic_write_json(path: PathLike, obj: Any, indent: int = 2) -> None:

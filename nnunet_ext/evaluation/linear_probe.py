@@ -1,0 +1,131 @@
+"""``fomo_linear_probe``: what a frozen encoder knows, measured with a linear model on its embeddings.
+
+Reads ``fomo_embed``'s output and fits, fold by fold on the dataset's own subject-grouped folds, ridge regression
+(regression) or L2-regularised logistic regression (classification) on the standardised embeddings; the penalty is
+chosen inside each training part (leave-one-out for ridge, stratified inner folds for the logistic model), so no
+validation case ever chooses it. The out-of-fold predictions are scored with the task metrics and bootstrap CIs.
+Written: ``linear_probe.json``, ``linear_probe.md`` and ``predictions.csv``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from nnunet_ext.dataset_conversion.tasks import CLASSIFICATION
+from nnunet_ext.errors import FomoInputError, cli_entry
+from nnunet_ext.evaluation.report import format_metrics_table, json_safe
+from nnunet_ext.metrics.aggregate import cross_validation_summary
+from nnunet_ext.metrics.bootstrap import DEFAULT_N_RESAMPLES, DEFAULT_SEED, metrics_with_ci
+from nnunet_ext.utils.arguments import int_at_least
+from nnunet_ext.utils.files import atomic_write_csv, atomic_write_json, atomic_write_text, require_output_folder
+
+EMBEDDINGS_JSON = "embeddings.json"
+#: Ridge penalties tried by leave-one-out within each training part (embeddings are standardised first).
+RIDGE_ALPHAS = np.logspace(-2, 6, 17)
+#: Inverse penalties of the logistic model, tried by inner cross-validation within each training part.
+LOGISTIC_CS = np.logspace(-4, 2, 13)
+#: Inner folds of the logistic model's penalty choice (fewer where a class has fewer training cases).
+INNER_FOLDS = 5
+LOGISTIC_MAX_ITER = 5000
+
+
+def fit_predict(task_type: str, x_train: np.ndarray, y_train: np.ndarray, x_val: np.ndarray, seed: int) -> np.ndarray:
+    """Predictions for ``x_val`` (P(class 1), or the value) of a linear model fitted on the training part."""
+    from sklearn.linear_model import LogisticRegression, RidgeCV
+    from sklearn.model_selection import GridSearchCV, StratifiedKFold
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    if task_type == CLASSIFICATION:
+        classes, counts = np.unique(y_train.astype(int), return_counts=True)
+        if len(classes) < 2 or counts.min() < 2:
+            raise FomoInputError("a training part holds fewer than 2 cases of a class: too few for a linear probe")
+        inner = StratifiedKFold(min(INNER_FOLDS, int(counts.min())), shuffle=True, random_state=seed)
+        model = GridSearchCV(make_pipeline(StandardScaler(), LogisticRegression(max_iter=LOGISTIC_MAX_ITER)),
+                             {"logisticregression__C": LOGISTIC_CS}, cv=inner, scoring="neg_log_loss")
+        return model.fit(x_train, y_train.astype(int)).predict_proba(x_val)[:, 1]
+    model = make_pipeline(StandardScaler(), RidgeCV(alphas=RIDGE_ALPHAS))
+    return model.fit(x_train, y_train).predict(x_val)
+
+
+def read_embeddings(folder: Path) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+    """``fomo_embed``'s index and every case's embedding, refusing an incomplete or inconsistent folder."""
+    index_file = folder / EMBEDDINGS_JSON
+    if not index_file.is_file():
+        raise FomoInputError(f"no {EMBEDDINGS_JSON}: give the output folder of fomo_embed", folder)
+    index = json.loads(index_file.read_text())
+    embeddings = {}
+    for row in index["cases"]:
+        path = folder / f"{row['case']}.npy"
+        if not path.is_file():
+            raise FomoInputError(f"listed in {EMBEDDINGS_JSON} but missing", path)
+        vector = np.load(path)
+        if vector.ndim != 1 or vector.size != index["dimension"] or not np.all(np.isfinite(vector)):
+            raise FomoInputError(f"not a finite 1-D embedding of length {index['dimension']}", path)
+        embeddings[row["case"]] = vector
+    return index, embeddings
+
+
+def linear_probe(index: dict[str, Any], embeddings: dict[str, np.ndarray], seed: int = DEFAULT_SEED,
+                 n_resamples: int = DEFAULT_N_RESAMPLES) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """Out-of-fold predictions on every fold, their cross-validation summary and pooled metrics with CIs."""
+    task_type, rows = index["task_type"], index["cases"]
+    records, folds = [], []
+    for fold in sorted({row["fold"] for row in rows}):
+        train = [row for row in rows if row["fold"] != fold]
+        val = [row for row in rows if row["fold"] == fold]
+        predictions = fit_predict(task_type, np.stack([embeddings[r["case"]] for r in train]),
+                                  np.array([r["target"] for r in train], dtype=float),
+                                  np.stack([embeddings[r["case"]] for r in val]), seed)
+        folds.append((np.array([r["target"] for r in val], dtype=float), predictions))
+        records += [{"case": r["case"], "subject": r["subject"], "fold": fold, "target": r["target"],
+                     "prediction": float(p)} for r, p in zip(val, predictions)]
+    y_true = np.array([r["target"] for r in records], dtype=float)
+    y_pred = np.array([r["prediction"] for r in records])
+    summary = {"task_type": task_type, "encoder": {k: v for k, v in index.items() if k != "cases"},
+               "n_cases": len(records), "n_folds": len(folds),
+               "model": "logistic regression (L2)" if task_type == CLASSIFICATION else "ridge regression",
+               "cross_validation": cross_validation_summary(task_type, folds),
+               "pooled_with_ci": metrics_with_ci(task_type, y_true, y_pred, n_resamples=n_resamples, seed=seed)}
+    return summary, records
+
+
+def markdown_report(summary: dict[str, Any]) -> str:
+    encoder = summary["encoder"]
+    return "\n".join([
+        "# Linear probe", "",
+        f"- encoder: {encoder['encoder']} ({encoder['starting_filters']} starting filters), levels "
+        f"{encoder['pool_levels']} pooled by {encoder['pooling']}: embeddings of length {encoder['dimension']}",
+        f"- {summary['model']} on {summary['n_cases']} cases, {summary['n_folds']} subject-grouped folds "
+        "(pooled out-of-fold predictions, bootstrap 95% CIs)", "",
+        format_metrics_table({"linear probe": summary["pooled_with_ci"]})])
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="fomo_linear_probe", description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument("-e", "--embeddings", type=Path, required=True, help="output folder of fomo_embed")
+    parser.add_argument("-o", "--output", type=Path, required=True, help="folder for the probe's report")
+    parser.add_argument("--seed", type=int, default=DEFAULT_SEED, help="seed of the inner folds and the bootstrap")
+    parser.add_argument("--n-bootstrap", type=int_at_least(1), default=DEFAULT_N_RESAMPLES,
+                        help="bootstrap resamples of the confidence intervals")
+    return parser
+
+
+@cli_entry
+def main(argv: Sequence[str] | None = None) -> int:
+    """Console script ``fomo_linear_probe``."""
+    args = _parser().parse_args(argv)
+    index, embeddings = read_embeddings(args.embeddings)
+    summary, records = linear_probe(index, embeddings, args.seed, args.n_bootstrap)
+    out = require_output_folder(args.output)
+    atomic_write_json(out / "linear_probe.json", json_safe(summary))
+    atomic_write_text(out / "linear_probe.md", markdown_report(summary))
+    atomic_write_csv(out / "predictions.csv", records)
+    print(markdown_report(summary))
+    return 0

@@ -1,0 +1,108 @@
+"""``fomo_embed`` and ``fomo_linear_probe``: one fixed-length embedding per case from a frozen encoder, and a linear
+model fitted on them with the dataset's own subject-grouped folds."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import numpy as np
+import pytest
+import torch
+from case_level_datasets import planned_case_level_dataset
+
+from nnunet_ext.errors import EXIT_BAD_INPUT
+from nnunet_ext.evaluation import linear_probe
+from nnunet_ext.inference import embed
+from nnunet_ext.networks import FomoUNet
+from nnunet_ext.pretrained import load_fomo_state_dict, transfer_fomo_weights
+from nnunet_ext.pretrained.testing import make_fomo_checkpoint
+from nnunet_ext.trainers.case_validation import pad_to_multiple
+
+N_CASES = 15
+FILTERS = 4
+#: Channels of the test datasets: each is embedded on its own by a 1-channel encoder.
+N_CHANNELS = 2
+
+
+@pytest.fixture()
+def regression(tmp_path, tmp_path_factory, monkeypatch):
+    return planned_case_level_dataset(tmp_path_factory, tmp_path, "regression", N_CASES, monkeypatch)
+
+
+def test_every_case_gets_one_embedding_of_one_length_the_encoders_deepest_average(regression, tmp_path):
+    checkpoint = make_fomo_checkpoint(tmp_path / "model.ckpt", starting_filters=FILTERS, seed=3)
+    out = tmp_path / "embeddings"
+    assert embed.main(["-d", str(regression.dataset_id), "--checkpoint", str(checkpoint), "-o", str(out),
+                       "-device", "cpu"]) == 0
+    rows = list(csv.DictReader((out / "embeddings.csv").open()))
+    assert sorted(r["case"] for r in rows) == sorted(regression.targets)
+    folds = {case: i for i, fold in enumerate(regression.splits) for case in fold["val"]}
+    assert all(int(r["fold"]) == folds[r["case"]] for r in rows)
+    deepest = FILTERS * 2 ** 4
+    vectors = {r["case"]: np.load(out / f"{r['case']}.npy") for r in rows}
+    assert {(v.dtype, v.shape) for v in vectors.values()} == {(np.dtype(np.float32), (N_CHANNELS * deepest,))}
+    # an independent forward pass: the checkpoint's encoder, one channel, the deepest level averaged over the volume
+    network = FomoUNet(1, 1, starting_filters=FILTERS, task_type="classification")
+    transfer_fomo_weights(network, load_fomo_state_dict(checkpoint)[0])
+    case = sorted(vectors)[0]
+    preprocessed = regression.root / "nnUNet_preprocessed" / regression.name / "nnUNetPlans_3d_fullres"
+    from nnunetv2.training.dataloading.nnunet_dataset import infer_dataset_class
+    data = infer_dataset_class(str(preprocessed))(str(preprocessed)).load_case(case)[0][:]
+    with torch.no_grad():
+        second_channel = network.eval().encoder(pad_to_multiple(torch.from_numpy(data[1:2]))[None])[-1]
+    np.testing.assert_allclose(vectors[case][deepest:], second_channel.mean(dim=(2, 3, 4))[0].numpy(), rtol=1e-5,
+                               atol=1e-6)
+
+
+def test_a_random_encoder_is_the_baseline_and_a_segmentation_dataset_is_refused(regression, tmp_path):
+    out = tmp_path / "random"
+    assert embed.main(["-d", str(regression.dataset_id), "--random-encoder", str(FILTERS), "-o", str(out),
+                       "-device", "cpu", "--pool-levels", "3", "4", "--pooling", "avgmax"]) == 0
+    index = json.loads((out / "embeddings.json").read_text())
+    assert index["encoder"] == "random" and index["dimension"] == N_CHANNELS * 2 * (FILTERS * 8 + FILTERS * 16)
+    dataset_json = regression.root / "nnUNet_preprocessed" / regression.name / "dataset.json"
+    content = json.loads(dataset_json.read_text())
+    content["fomo"]["task_type"] = "segmentation"
+    dataset_json.write_text(json.dumps(content))
+    with pytest.raises(SystemExit) as refused:
+        embed.main(["-d", str(regression.dataset_id), "--random-encoder", "4", "-o", str(tmp_path / "x")])
+    assert refused.value.code == EXIT_BAD_INPUT and not (tmp_path / "x").exists()
+
+
+def write_embeddings(folder, task_type, vectors, targets, folds):
+    folder.mkdir()
+    rows = [{"case": f"c{i}", "subject": f"s{i}", "target": float(t), "fold": int(f)}
+            for i, (t, f) in enumerate(zip(targets, folds))]
+    for row, vector in zip(rows, vectors):
+        np.save(folder / f"{row['case']}.npy", vector.astype(np.float32))
+    (folder / "embeddings.json").write_text(json.dumps({
+        "task_type": task_type, "dimension": vectors.shape[1], "cases": rows, "encoder": "test", "starting_filters": 0,
+        "pool_levels": [4], "pooling": "avg"}))
+
+
+def test_the_probe_recovers_a_linear_signal_out_of_fold_and_not_noise(tmp_path):
+    rng = np.random.default_rng(0)
+    n = 60
+    vectors = rng.standard_normal((n, 20))
+    folds = np.arange(n) % 5
+    ages = 50 + 10 * vectors[:, 3]
+    write_embeddings(tmp_path / "signal", "regression", vectors, ages, folds)
+    write_embeddings(tmp_path / "noise", "regression", vectors, rng.permutation(ages), folds)
+    signal, records = linear_probe.linear_probe(*linear_probe.read_embeddings(tmp_path / "signal"), n_resamples=200)
+    noise, _ = linear_probe.linear_probe(*linear_probe.read_embeddings(tmp_path / "noise"), n_resamples=200)
+    assert {r["fold"] for r in records} == set(range(5)) and len(records) == n
+    mean_mae = float(np.mean(np.abs(ages - ages.mean())))
+    assert signal["pooled_with_ci"]["mae"]["value"] < 0.2 * mean_mae
+    assert noise["pooled_with_ci"]["mae"]["value"] > 0.8 * mean_mae
+
+
+def test_the_classification_probe_separates_separable_classes(tmp_path):
+    rng = np.random.default_rng(1)
+    labels = np.arange(40) % 2
+    vectors = rng.standard_normal((40, 8)) + 3.0 * labels[:, None] * np.eye(8)[0]
+    write_embeddings(tmp_path / "e", "classification", vectors, labels, (np.arange(40) // 2) % 4)
+    assert linear_probe.main(["-e", str(tmp_path / "e"), "-o", str(tmp_path / "probe"), "--n-bootstrap", "100"]) == 0
+    summary = json.loads((tmp_path / "probe" / "linear_probe.json").read_text())
+    assert summary["pooled_with_ci"]["auroc"]["value"] > 0.85  # Bayes-optimal: 0.98 (d = 3 on one feature of 8)
+    assert (tmp_path / "probe" / "linear_probe.md").read_text().startswith("# Linear probe")
