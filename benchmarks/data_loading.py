@@ -59,7 +59,8 @@ NNUNET_FOLDERS = ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results")
 #: nnU-Net's number of augmentation workers, read by ``get_dataloaders`` (``get_allowed_n_proc_DA``).
 WORKERS_ENV = "nnUNet_n_proc_DA"
 #: Case-level trainer of each FOMO task measured, and nnU-Net's segmentation trainer it is compared with.
-CASE_LEVEL_TRAINERS = {1: "FomoClassificationTrainer", 3: "FomoRegressionTrainer"}
+#: The ``_Scratch`` variants: loading and step costs do not depend on the weights, and the plans name no checkpoint.
+CASE_LEVEL_TRAINERS = {1: "FomoClassificationTrainer_Scratch", 3: "FomoRegressionTrainer_Scratch"}
 SEGMENTATION_TRAINER = "nnUNetTrainer"
 CASE_LEVEL, SEGMENTATION = "case_level", "segmentation"
 #: What turns the plans' case-level network into a segmentation one: the decoder instead of the pooling head.

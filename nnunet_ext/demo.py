@@ -1,9 +1,13 @@
 """``fomo_demo``: the whole workflow, end to end, on generated synthetic FOMO data, on the CPU.
 
-For each task: ``fomo_make_synthetic`` -> ``fomo_convert`` (with a held-out test set) -> ``fomo_plan_and_preprocess``
-(with a checkpoint in the exact layout of the real ``epoch=12.ckpt``, narrower so that a CPU trains it in minutes)
--> nnU-Net's training of every fold -> ``fomo_find_best_configuration`` -> ``fomo_evaluate`` (each fold and the
-ensemble predict the test set; metrics with confidence intervals, pictures, ``report.md``).
+First the encoder is pretrained: ``fomo_make_synthetic --task pretrain`` (an unlabelled pool of scans, subjects
+apart from the tasks') -> ``fomo_convert --task pretrain`` -> ``fomo_plan_and_preprocess`` -> nnU-Net's training of
+``FomoPretrainTrainer`` (masked image modelling) -> ``fomo_export_pretrained``, a checkpoint in the exact layout of
+the real ``epoch=12.ckpt``, narrower so that a CPU trains it in minutes. Then, for each task: ``fomo_make_synthetic``
+-> ``fomo_convert`` (with a held-out test set) -> ``fomo_plan_and_preprocess --pretrained`` (that checkpoint) ->
+nnU-Net's training of every fold -> ``fomo_find_best_configuration`` -> ``fomo_evaluate`` (each fold and the
+ensemble predict the test set; metrics with confidence intervals, pictures, ``report.md``). ``--init scratch``
+trains the same folds from random weights instead (``benchmarks/pretraining.py`` compares the two).
 
 Every step calls the same entry point as the command a user types, so the demo is also a smoke test of the
 documented workflow. The console gets one line per step with its duration and a progress bar while folds train;
@@ -32,9 +36,18 @@ from nnunet_ext.utils.files import require_output_folder
 
 #: nnU-Net dataset ids of the demo datasets, one per FOMO task (9xx: out of the way of real datasets).
 DEMO_DATASET_IDS = {1: 901, 2: 902, 3: 903}
+#: nnU-Net dataset id of the unlabelled pretraining pool.
+POOL_DATASET_ID = 900
 TRAINERS = {1: "FomoClassificationTrainer", 2: "FomoFinetuneTrainer", 3: "FomoRegressionTrainer"}
-#: The trainer variant the demo trains: a short CPU schedule per task type (see nnunet_ext/trainers/variants.py).
-DEMO_VARIANT = "_cpuDemo"
+PRETRAIN_TRAINER = "FomoPretrainTrainer_cpuDemo"
+#: Where the task models start (``--init``), and the trainer variant each trains: a short CPU schedule per task type
+#: (see nnunet_ext/trainers/variants.py), from the demo's pretrained checkpoint or from random weights.
+INIT_PRETRAINED, INIT_SCRATCH = "pretrained", "scratch"
+DEMO_VARIANTS = {INIT_PRETRAINED: "_cpuDemo", INIT_SCRATCH: "_cpuDemoScratch"}
+#: Subjects of the pretraining pool (about 3 scans each: every sequence of the tasks) and its planned spacing: the
+#: image-level tasks are planned at 2 mm, segmentation at 1 mm; the encoder sees 1.5 mm, between the two.
+POOL_SUBJECTS = 60
+POOL_SPACING_MM = 1.5
 CONFIGURATION = "3d_fullres"
 FOLDS = (0, 1, 2, 3, 4)
 #: The real UNet-B has 32 starting filters; 8 keeps the demo's training on a CPU within minutes.
@@ -97,13 +110,18 @@ class DemoSettings:
     folds: Sequence[int]
     cases: Optional[int]  # None: each recipe's
     seed: int
+    init: str = INIT_PRETRAINED
 
     def task_data(self, task: int) -> Path:
         return self.out / "fomo_data" / f"fomo-task{task}"
 
     @property
+    def pool_data(self) -> Path:
+        return self.out / "fomo_data" / "pretraining-pool"
+
+    @property
     def checkpoint(self) -> Path:
-        return self.out / "checkpoints" / f"synthetic_unet_b_f{DEMO_STARTING_FILTERS}.ckpt"
+        return self.out / "checkpoints" / f"pretrained_unet_f{DEMO_STARTING_FILTERS}_lw_dec.ckpt"
 
     def report_dir(self, task: int) -> Path:
         return self.out / "reports" / f"task{task}"
@@ -264,7 +282,7 @@ def _train_fold(dataset_id: int, trainer_name: str, fold: int, seed: int, comman
             # run reproducible). The worker's own environment, so that the user's stays as it was.
             os.environ["nnUNet_n_proc_DA"] = "0"
             _share_cores()
-            seed_everything(seed + fold)
+            seed_everything(seed + (fold if isinstance(fold, int) else 0))  # fold 'all' of pretraining
             try:
                 trainer = get_trainer_from_args(str(dataset_id), CONFIGURATION, fold, trainer_name,
                                                 device=torch.device("cpu"))
@@ -299,7 +317,7 @@ def _count_epochs(progress, bar) -> None:
 
 
 def train_folds(console: Console, dataset_id: int, trainer_name: str, settings: DemoSettings, title: str,
-                log: Path) -> None:
+                log: Path, folds: Optional[Sequence] = None) -> None:
     """``nnUNetv2_train ID 3d_fullres FOLD -tr TRAINER -device cpu`` for every fold, through nnU-Net's own API, with
     a progress bar over all folds' epochs on the console.
 
@@ -313,17 +331,18 @@ def train_folds(console: Console, dataset_id: int, trainer_name: str, settings: 
 
     from nnunet_ext.trainers.variants import DEMO_SCHEDULES
 
+    folds = list(settings.folds if folds is None else folds)
     epochs = DEMO_SCHEDULES[_task_type(dataset_id)].epochs
     commands = {fold: f"nnUNetv2_train {dataset_id} {CONFIGURATION} {fold} -tr {trainer_name} -device cpu"
-                for fold in settings.folds}
+                for fold in folds}
     console.commands += commands.values()
-    fold_logs = {fold: log.with_name(f"{log.stem}_fold{fold}{log.suffix}") for fold in settings.folds}
-    workers = min(len(settings.folds), len(os.sched_getaffinity(0)))
-    bar = tqdm(total=epochs * len(settings.folds), desc=f"{title} ({len(settings.folds)} folds)", unit="epoch",
-               file=console.stream, leave=False, dynamic_ncols=True)
+    fold_logs = {fold: log.with_name(f"{log.stem}_fold{fold}{log.suffix}") for fold in folds}
+    workers = min(len(folds), len(os.sched_getaffinity(0)))
+    bar = tqdm(total=epochs * len(folds), desc=f"{title} ({len(folds)} fold{'s' * (len(folds) > 1)})",
+               unit="epoch", file=console.stream, leave=False, dynamic_ncols=True)
 
     def action() -> None:
-        print(f"{len(settings.folds)} folds in {workers} processes; each fold's log: "
+        print(f"{len(folds)} folds in {workers} processes; each fold's log: "
               + ", ".join(str(path) for path in fold_logs.values()), flush=True)
         context = multiprocessing.get_context("spawn")  # nnU-Net's own choice; fork would copy this process's threads
         progress, running = context.Queue(), context.Value("i", 0)
@@ -331,7 +350,7 @@ def train_folds(console: Console, dataset_id: int, trainer_name: str, settings: 
             with ProcessPoolExecutor(workers, mp_context=context, initializer=_init_fold_worker,
                                      initargs=(progress, running)) as pool:
                 pending = {pool.submit(_train_fold, dataset_id, trainer_name, fold, settings.seed, commands[fold],
-                                       fold_logs[fold]): fold for fold in settings.folds}
+                                       fold_logs[fold]): fold for fold in folds}
                 while pending:
                     done, _ = wait(pending, timeout=FOLD_POLL_S, return_when=FIRST_COMPLETED)
                     _count_epochs(progress, bar)
@@ -361,6 +380,39 @@ def _task_type(dataset_id: int) -> str:
     return json.loads(dataset_json.read_text())[FOMO_KEY]["task_type"]
 
 
+def pretrain(console: Console, settings: DemoSettings) -> dict:
+    """Pretrain the encoder on an unlabelled synthetic pool and export it; returns the held-out reconstruction
+    summary (``validation/summary.json``) with the pool's size."""
+    from nnunet_ext.dataset_conversion import convert, synthetic
+    from nnunet_ext.preprocessing import plan_and_preprocess
+    from nnunet_ext.pretrained import export
+
+    dataset = str(POOL_DATASET_ID)
+    command_step(console, f"pretraining: unlabelled synthetic pool ({POOL_SUBJECTS} subjects)",
+                 settings.log("pretraining_1_synthetic"),
+                 ["fomo_make_synthetic", "--task", "pretrain", "--out", str(settings.pool_data), "--cases",
+                  str(POOL_SUBJECTS), "--seed", str(settings.seed), "--scale", str(DEMO_HEAD_SCALE)], synthetic.main)
+    command_step(console, "pretraining: conversion to nnU-Net raw", settings.log("pretraining_2_convert"),
+                 ["fomo_convert", "--task", "pretrain", "-i", str(settings.pool_data), "-d", dataset,
+                  "--seed", str(settings.seed)], convert.main)
+    command_step(console, f"pretraining: FOMO plans and preprocessing ({POOL_SPACING_MM:g} mm)",
+                 settings.log("pretraining_3_plan_and_preprocess"),
+                 ["fomo_plan_and_preprocess", "-d", dataset, "--starting-filters", str(DEMO_STARTING_FILTERS),
+                  "--spacing", f"{POOL_SPACING_MM:g}", "-np", str(DEMO_PROCESSES)], plan_and_preprocess.main)
+    train_folds(console, POOL_DATASET_ID, PRETRAIN_TRAINER, settings, "pretraining: masked image modelling",
+                settings.log("pretraining_4_training"), folds=["all"])
+    settings.checkpoint.parent.mkdir(parents=True, exist_ok=True)
+    command_step(console, "pretraining: export as a FOMO checkpoint", settings.log("pretraining_5_export"),
+                 ["fomo_export_pretrained", "-d", dataset, "-tr", PRETRAIN_TRAINER, "-o", str(settings.checkpoint)],
+                 export.main)
+    from nnunetv2.utilities.file_path_utilities import get_output_folder
+
+    fold = Path(get_output_folder(dataset, PRETRAIN_TRAINER, "nnUNetPlans", CONFIGURATION, "all"))
+    summary = json.loads((fold / "validation" / "summary.json").read_text())
+    raw = Path(os.environ["nnUNet_raw"]) / fold.parent.parent.name / "dataset.json"
+    return {**summary, "n_scans": json.loads(raw.read_text())["numTraining"], "n_subjects": POOL_SUBJECTS}
+
+
 def run_task(console: Console, task: int, settings: DemoSettings) -> Path:
     """The whole workflow for one FOMO task; returns the folder of its report."""
     from nnunet_ext.dataset_conversion import convert, synthetic
@@ -369,7 +421,8 @@ def run_task(console: Console, task: int, settings: DemoSettings) -> Path:
 
     recipe = DEMO_RECIPES[task]
     dataset = str(DEMO_DATASET_IDS[task])
-    trainer = TRAINERS[task] + DEMO_VARIANT
+    trainer = TRAINERS[task] + DEMO_VARIANTS[settings.init]
+    start = ["--pretrained", str(settings.checkpoint)] if settings.init == INIT_PRETRAINED else []
     folds = [str(f) for f in settings.folds]
     data = settings.task_data(task)
     name = f"task{task}"
@@ -383,7 +436,7 @@ def run_task(console: Console, task: int, settings: DemoSettings) -> Path:
                   "--test-fraction", str(recipe.test_fraction), "--seed", str(settings.seed)], convert.main)
     command_step(console, f"task {task}: FOMO plans and preprocessing ({recipe.spacing_mm:g} mm)",
                  settings.log(f"{name}_3_plan_and_preprocess"),
-                 ["fomo_plan_and_preprocess", "-d", dataset, "--pretrained", str(settings.checkpoint),
+                 ["fomo_plan_and_preprocess", "-d", dataset, *start,
                   "--starting-filters", str(DEMO_STARTING_FILTERS), "--spacing", f"{recipe.spacing_mm:g}",
                   *recipe.head_arguments(),
                   "-np", str(DEMO_PROCESSES)], plan_and_preprocess.main)
@@ -422,7 +475,23 @@ def headline_rows(reports: Dict[int, Path]) -> List[str]:
     return rows
 
 
-def write_index(settings: DemoSettings, console: Console, reports: Dict[int, Path], seconds: float) -> Path:
+def weights_paragraph(settings: DemoSettings, pretraining: Optional[dict]) -> str:
+    """What REPORT.md says about where the task models' weights came from."""
+    if pretraining is None:
+        return ("**The task models were trained from random weights** (`--init scratch`, the `_cpuDemoScratch` "
+                "trainers): the comparison for the pretrained run (`benchmarks/pretraining.py`).")
+    return (f"**The weights come from the demo's own pretraining**: {PRETRAIN_TRAINER} (masked image modelling, "
+            f"60% of 4-voxel cubes masked, MSE reconstruction) on {pretraining['n_scans']} unlabelled synthetic scans "
+            f"of {pretraining['n_subjects']} subjects, none of them a task's, at {POOL_SPACING_MM:g} mm; held-out "
+            f"reconstruction MSE {pretraining['metrics']['reconstruction_mse']:.4f} on {pretraining['n_cases']} scans "
+            f"of held-out subjects. It was exported as `{settings.checkpoint.relative_to(settings.out).as_posix()}` "
+            "(the layout of the real `epoch=12.ckpt`, 8 instead of 32 starting filters), and every task starts from "
+            "it. No real FOMO checkpoint can be shipped: the numbers show that the pipeline pretrains and learns; "
+            "they say nothing about what the real checkpoint achieves on the real data.")
+
+
+def write_index(settings: DemoSettings, console: Console, reports: Dict[int, Path], seconds: float,
+                pretraining: Optional[dict] = None) -> Path:
     """``REPORT.md`` at the top of ``--out``: the headline table, what the numbers mean, links, commands."""
     from nnunet_ext.utils.files import atomic_write_text
 
@@ -434,10 +503,7 @@ def write_index(settings: DemoSettings, console: Console, reports: Dict[int, Pat
              f"Synthetic subjects per task: {', '.join(f'task {t}: {settings.cases_of(t)}' for t in reports)} "
              f"(seed {settings.seed}), folds {', '.join(map(str, settings.folds))}, the UNet-B layout with "
              f"{DEMO_STARTING_FILTERS} starting filters; {seconds / 60:.1f} min in all.", "",
-             "**The demo's \"pretrained\" checkpoint holds random weights** (no real FOMO checkpoint can be shipped), "
-             "so the models here are trained from scratch, at a from-scratch learning rate, for a few CPU minutes. "
-             "The numbers show that the pipeline learns; they say nothing about what the real checkpoint achieves "
-             "on the real data.", "", "## Reports", ""]
+             weights_paragraph(settings, pretraining), "", "## Reports", ""]
     for task, report in reports.items():
         relative = report.relative_to(settings.out).as_posix()
         lines.append(f"- Task {task}: [{relative}/report.md]({relative}/report.md)")
@@ -461,6 +527,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--cases", type=_at_least(10), default=None,
                         help="synthetic subjects per task (default: each task's recipe, 40)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the data, the splits, training and the bootstrap")
+    parser.add_argument("--init", choices=sorted(DEMO_VARIANTS), default=INIT_PRETRAINED,
+                        help="where the task models start: the demo's own pretrained checkpoint, or random weights")
     return parser
 
 
@@ -477,21 +545,19 @@ def _at_least(minimum: int) -> Callable[[str], int]:
 @cli_entry
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
-    settings = DemoSettings(args.out.resolve(), args.tasks, args.folds, args.cases, args.seed)
+    settings = DemoSettings(args.out.resolve(), args.tasks, args.folds, args.cases, args.seed, args.init)
     started = time.monotonic()
     prepare_output(settings.out)
     configure_environment(settings.out)
     console = Console(settings.out)
     console.print(f"fomo_demo: tasks {', '.join(map(str, settings.tasks))}, folds "
                   f"{', '.join(map(str, settings.folds))}; output in {settings.out}")
-    from nnunet_ext.pretrained.testing import make_fomo_checkpoint
-
-    make_fomo_checkpoint(settings.checkpoint, starting_filters=DEMO_STARTING_FILTERS)
     try:
+        pretraining = pretrain(console, settings) if settings.init == INIT_PRETRAINED else None
         reports = {task: run_task(console, task, settings) for task in settings.tasks}
     except StepFailed:
         return 1
-    index = write_index(settings, console, reports, time.monotonic() - started)
+    index = write_index(settings, console, reports, time.monotonic() - started, pretraining)
     console.print()
     console.print("\n".join(headline_rows(reports)))
     console.print(f"\nDone in {(time.monotonic() - started) / 60:.1f} min. Report: {index}")

@@ -7,6 +7,7 @@ Each variant is a small mixin that overrides one concern, combined with a family
 |---|---|
 | ``_debug`` | 2 epochs x 4 iterations, 2 validation iterations, no early stopping (smoke runs, tests) |
 | ``_cpuDemo`` | ``fomo_demo``'s short CPU schedule per task type (:data:`DEMO_SCHEDULES`), no early stopping |
+| ``_cpuDemoScratch`` | the same schedule from random weights (``fomo_demo --init scratch``: the comparison) |
 | ``_<N>epochs`` | ``num_epochs = N`` (the warm-up shrinks with it, see ``schedules.warmup_epochs_for``) |
 | ``_FrozenEncoder`` | the encoder keeps its pretrained weights; decoder / head train |
 | ``_FrozenEncoderUnfreeze<N>`` | as above for the first N epochs, then everything trains |
@@ -48,7 +49,7 @@ DEMO_SCHEDULES: dict[str, DemoSchedule] = {
     SEGMENTATION: DemoSchedule(epochs=8, iterations=12, val_iterations=1, learning_rate=3e-3),
     CLASSIFICATION: DemoSchedule(epochs=8, iterations=20, val_iterations=0, learning_rate=1e-3),
     REGRESSION: DemoSchedule(epochs=60, iterations=20, val_iterations=0, learning_rate=1e-3),
-    PRETRAINING: DemoSchedule(epochs=10, iterations=20, val_iterations=0, learning_rate=1e-3),
+    PRETRAINING: DemoSchedule(epochs=6, iterations=20, val_iterations=0, learning_rate=1e-3),
 }
 #: ``_cpuDemo``, case-level trainers: validation cases scored after each epoch (the final validation scores all).
 #: Whole-case validation of Task 3's 32 validation cases took more than half of each demo epoch.
@@ -152,12 +153,17 @@ class FromScratch:
     starts_from_pretrained: ClassVar[bool] = False
 
 
+class CpuDemoFromScratch(FromScratch, CpuDemoSchedule):
+    """``fomo_demo``'s schedule without pretrained weights: what pretraining is compared against."""
+
+
 def _variant_specs() -> dict[str, tuple[type, dict[str, Any]]]:
     """Suffix -> (mixin, class attributes) of every variant."""
     specs: dict[str, tuple[type, dict[str, Any]]] = {
         "debug": (ShortSchedule, {"epochs": DEBUG_EPOCHS, "iterations": DEBUG_ITERATIONS,
                                    "val_iterations": DEBUG_VAL_ITERATIONS}),
         "cpuDemo": (CpuDemoSchedule, {}),
+        "cpuDemoScratch": (CpuDemoFromScratch, {}),
         "FrozenEncoder": (FrozenEncoder, {}),
         "LLRD": (LayerwiseLRDecay, {}),
         "Scratch": (FromScratch, {}),
