@@ -48,6 +48,7 @@ from nnunet_ext.trainers.pretrained_loading import (
     resolve_pretrained_source,
 )
 from nnunet_ext.trainers.schedules import WarmupCosineLRScheduler, warmup_epochs_for
+from nnunet_ext.utils.cpu_memory import retain_freed_memory
 
 #: Peak learning rate and weight decay of AdamW (the FOMO baseline's fine-tuning values).
 FINETUNE_LR = 1e-4
@@ -150,6 +151,8 @@ class FomoTrainerBase(nnUNetTrainer):
             # nnU-Net's __init__ creates the fold folder: refused input must leave nothing behind
             self.fomo_plans = self._check_inputs(plans, configuration, dataset_json)
             super().__init__(plans, configuration, fold, dataset_json, device)
+        if self.device.type == "cpu" and retain_freed_memory():
+            self.print_to_log_file("Training on the CPU: freed memory stays in the process (see utils/cpu_memory.py)")
         self.initial_lr = FINETUNE_LR
         self.weight_decay = FINETUNE_WEIGHT_DECAY
         self.num_epochs = FINETUNE_NUM_EPOCHS
@@ -235,8 +238,12 @@ class FomoTrainerBase(nnUNetTrainer):
     def configure_optimizers(self) -> tuple[torch.optim.Optimizer, WarmupCosineLRScheduler]:
         """AdamW over :meth:`parameter_groups`, with linear warm-up and cosine annealing per epoch."""
         optimizer = torch.optim.AdamW(self.parameter_groups(), lr=self.initial_lr, weight_decay=self.weight_decay)
-        scheduler = WarmupCosineLRScheduler(optimizer, warmup_epochs_for(self.num_epochs), self.num_epochs)
+        scheduler = WarmupCosineLRScheduler(optimizer, self.warmup_epochs(), self.num_epochs)
         return optimizer, scheduler
+
+    def warmup_epochs(self) -> int:
+        """Epochs of linear warm-up before the cosine decay (see ``schedules.warmup_epochs_for``)."""
+        return warmup_epochs_for(self.num_epochs)
 
     def set_deep_supervision_enabled(self, enabled: bool) -> None:
         """nnU-Net switches the decoder's deep supervision; image-level networks have no decoder to switch."""

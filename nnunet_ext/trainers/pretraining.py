@@ -55,6 +55,8 @@ PRETRAIN_LR = 1e-3
 PRETRAIN_WEIGHT_DECAY = 3e-5
 #: Epochs (of nnU-Net's 250 iterations) of a full run: the baseline's 100 epochs of its whole data set.
 PRETRAIN_NUM_EPOCHS = 100
+#: Epochs of linear warm-up of a full run (the baseline's 5 of 100), before the cosine decay.
+PRETRAIN_WARMUP_EPOCHS = 5
 #: Fraction of the subjects held out for the reconstruction validation loss (the baseline holds out 1 % of scans).
 HELD_OUT_FRACTION = 0.01
 #: Seed of the held-out subjects, of the training masks and (plus the scan's index) of the validation masks.
@@ -136,9 +138,12 @@ class FomoPretrainTrainer(FomoTrainerBase):
         return {"mask_patch_size": self.mask_cube_edge, "mask_ratio": self.mask_ratio,
                 "rec_loss_masked_only": self.masked_only_loss, "optimizer": "AdamW", "learning_rate": self.initial_lr,
                 "weight_decay": self.weight_decay, "epochs": self.num_epochs,
-                "steps_per_epoch": self.num_iterations_per_epoch, "warmup_epochs": warmup_epochs_for(self.num_epochs),
+                "steps_per_epoch": self.num_iterations_per_epoch, "warmup_epochs": self.warmup_epochs(),
                 "cosine_period_ratio": 1, "batch_size": self.configuration_manager.batch_size,
                 "trainer": type(self).__name__}
+
+    def warmup_epochs(self) -> int:
+        return warmup_epochs_for(self.num_epochs, PRETRAIN_WARMUP_EPOCHS)
 
     def _build_loss(self) -> nn.Module:
         return ReconstructionLoss(self.masked_only_loss)

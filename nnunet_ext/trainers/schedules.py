@@ -19,9 +19,10 @@ WARMUP_EPOCHS = 10
 MAX_WARMUP_FRACTION = 0.1
 
 
-def warmup_epochs_for(num_epochs: int) -> int:
-    """Warm-up epochs for a run of ``num_epochs``: :data:`WARMUP_EPOCHS`, capped at :data:`MAX_WARMUP_FRACTION`."""
-    return min(WARMUP_EPOCHS, int(num_epochs * MAX_WARMUP_FRACTION))
+def warmup_epochs_for(num_epochs: int, full_warmup: int = WARMUP_EPOCHS) -> int:
+    """Warm-up epochs for a run of ``num_epochs``: ``full_warmup`` (:data:`WARMUP_EPOCHS` for fine-tuning), capped at
+    :data:`MAX_WARMUP_FRACTION` of the run."""
+    return min(full_warmup, int(num_epochs * MAX_WARMUP_FRACTION))
 
 
 def warmup_cosine_factor(epoch: int, warmup_epochs: int, num_epochs: int) -> float:
