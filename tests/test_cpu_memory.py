@@ -13,7 +13,7 @@ from cpu_memory import run_mode  # noqa: E402
 #: How many times fewer page faults per step the retained memory must give (measured: about 100x; a few hundred
 #: faults per step remain, from the interpreter and the threads' own stacks).
 MIN_FAULT_REDUCTION = 10
-STEPS, FILTERS, SHAPE = 3, 16, (48, 48, 32)
+STEPS, FILTERS, SHAPE = 2, 8, (48, 48, 32)
 
 
 def test_training_steps_fault_far_fewer_pages_in_once_freed_memory_is_retained():
