@@ -41,6 +41,7 @@ from nnunet_ext.dataset_conversion.splits import (
     MAX_TEST_FRACTION,
     MIN_FOLDS,
     N_FOLDS,
+    SPLITS_FILE,
     make_splits,
     split_test_set,
     stratification_labels,
@@ -70,7 +71,6 @@ NAN_POLICIES = (NAN_ERROR, NAN_ZERO)
 BRAIN_MASK = "brain_mask"  # tasks 1 and 3: the non-zero voxels of any channel
 TARGET_MASK = "segmentation"  # task 2: the meningioma mask
 BRAIN_LABEL = "brain"
-SPLITS_FILE = "splits_final.json"
 #: Tukey's "far out" fences: a regression target beyond them is flagged in the summary (not refused).
 OUTLIER_IQR_FACTOR = 3.0
 

@@ -34,7 +34,7 @@ from nnunet_ext.dataset_conversion.fomo_reader import (
     to_ras,
 )
 from nnunet_ext.dataset_conversion.image_checks import check_readable_file, check_volume_shape
-from nnunet_ext.dataset_conversion.splits import N_FOLDS, make_splits
+from nnunet_ext.dataset_conversion.splits import N_FOLDS, SPLITS_FILE, make_splits
 from nnunet_ext.dataset_conversion.tasks import FOMO_KEY, POOL_TASK, PRETRAINING
 from nnunet_ext.errors import FomoInputError
 from nnunet_ext.utils.files import atomic_directory, atomic_write_json
@@ -47,7 +47,6 @@ POOL_NAME = "FOMOPretrainingPool"
 SCAN_CHANNEL = "MRI"
 BRAIN_LABEL = "brain"
 FILE_ENDING = ".nii.gz"
-SPLITS_FILE = "splits_final.json"
 #: Characters of a sequence name kept in a case id (nnU-Net case ids become file names).
 _UNSAFE_IN_CASE_ID = re.compile(r"[^A-Za-z0-9]+")
 

@@ -17,6 +17,8 @@ from nnunet_ext.dataset_conversion.tasks import CLASSIFICATION
 from nnunet_ext.errors import FomoInputError
 
 log = logging.getLogger(__name__)
+#: nnU-Net's file of the cross-validation folds (raw dataset folder; copied to nnUNet_preprocessed at planning).
+SPLITS_FILE = "splits_final.json"
 
 #: nnU-Net trains and ensembles five folds.
 N_FOLDS = 5

@@ -19,12 +19,12 @@ import numpy as np
 from nnunet_ext.dataset_conversion.tasks import CLASSIFICATION
 from nnunet_ext.errors import FomoInputError, cli_entry
 from nnunet_ext.evaluation.report import format_metrics_table, json_safe
+from nnunet_ext.inference.embed import EMBEDDINGS_JSON
 from nnunet_ext.metrics.aggregate import cross_validation_summary
 from nnunet_ext.metrics.bootstrap import DEFAULT_N_RESAMPLES, DEFAULT_SEED, metrics_with_ci
 from nnunet_ext.utils.arguments import int_at_least
 from nnunet_ext.utils.files import atomic_write_csv, atomic_write_json, atomic_write_text, require_output_folder
 
-EMBEDDINGS_JSON = "embeddings.json"
 #: Ridge penalties tried by leave-one-out within each training part (embeddings are standardised first).
 RIDGE_ALPHAS = np.logspace(-2, 6, 17)
 #: Inverse penalties of the logistic model, tried by inner cross-validation within each training part.

@@ -26,6 +26,7 @@ from nnunetv2.utilities.dataset_name_id_conversion import maybe_convert_to_datas
 from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
 from tqdm import tqdm
 
+from nnunet_ext.dataset_conversion.splits import SPLITS_FILE
 from nnunet_ext.dataset_conversion.tasks import CLASSIFICATION, FOMO_KEY, REGRESSION
 from nnunet_ext.errors import FomoInputError, cli_entry
 from nnunet_ext.inference.runtime import AUTO_DEVICE, DEVICE_CHOICES, resolve_device
@@ -43,7 +44,6 @@ EMBEDDINGS_CSV = "embeddings.csv"
 PROBED_TASK_TYPES = (CLASSIFICATION, REGRESSION)
 #: Seed of the random encoder (``--random-encoder``), the baseline that shows what pretraining added.
 RANDOM_ENCODER_SEED = 0
-SPLITS_FILE = "splits_final.json"
 
 
 def build_embedder(checkpoint: Path | None, random_filters: int | None, pool_levels: Sequence[int], pooling: str,
