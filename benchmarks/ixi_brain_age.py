@@ -199,15 +199,16 @@ def check_inputs(settings: BenchmarkSettings) -> None:
         checkpoint_layout(settings.pretrained)
 
 
-def prepare_output(out: Path) -> None:
-    """Start from an empty ``out``: a previous benchmark output is replaced, any other non-empty folder refused."""
+def prepare_output(out: Path, marker: str = MARKER, writer: str = "benchmarks/ixi_brain_age.py") -> None:
+    """Start from an empty ``out``: a previous output of ``writer`` (its ``marker`` file) is replaced, any other
+    non-empty folder refused."""
     if out.exists() and any(out.iterdir()):
-        if not (out / MARKER).exists():
+        if not (out / marker).exists():
             raise FomoInputError("the folder is not empty and is no output of this benchmark; choose another --out",
                                  out)
         shutil.rmtree(out)
     out.mkdir(parents=True, exist_ok=True)
-    (out / MARKER).write_text("written by benchmarks/ixi_brain_age.py; a re-run replaces this folder\n")
+    (out / marker).write_text(f"written by {writer}; a re-run replaces this folder\n")
 
 
 def configure_environment(out: Path) -> None:
@@ -302,7 +303,7 @@ def convert_and_plan(settings: BenchmarkSettings) -> str:
 # -- training -----------------------------------------------------------------------------------------------
 
 
-def build_trainer(trainer: Union[str, type], fold: int, device: str):
+def build_trainer(trainer: Union[str, type], fold: Union[int, str], device: str, dataset_id: int = DATASET_ID):
     """An nnU-Net trainer for one fold, as ``nnUNetv2_train`` builds it (``get_trainer_from_args``).
 
     A class (the recipe search's ad-hoc variants) is built the same way without nnU-Net's lookup by name.
@@ -314,14 +315,15 @@ def build_trainer(trainer: Union[str, type], fold: int, device: str):
     from nnunetv2.utilities.dataset_name_id_conversion import convert_id_to_dataset_name
 
     if isinstance(trainer, str):
-        return get_trainer_from_args(str(DATASET_ID), CONFIGURATION, fold, trainer, device=torch.device(device))
-    folder = Path(nnUNet_preprocessed) / convert_id_to_dataset_name(DATASET_ID)
+        return get_trainer_from_args(str(dataset_id), CONFIGURATION, fold, trainer, device=torch.device(device))
+    folder = Path(nnUNet_preprocessed) / convert_id_to_dataset_name(dataset_id)
     plans = {**load_json(str(folder / "nnUNetPlans.json")), "continue_training": False}
     return trainer(plans=plans, configuration=CONFIGURATION, fold=fold,
                    dataset_json=load_json(str(folder / "dataset.json")), device=torch.device(device))
 
 
-def train_fold(trainer: Union[str, type], fold: int, schedule: Schedule, device: str = "cpu") -> Tuple[Path, float]:
+def train_fold(trainer: Union[str, type], fold: Union[int, str], schedule: Schedule, device: str = "cpu",
+               dataset_id: int = DATASET_ID) -> Tuple[Path, float]:
     """Train one fold for ``schedule`` and run its final validation (the out-of-fold predictions).
 
     The out-of-fold predictions come from the last epoch's weights, never from ``checkpoint_best.pth``: the best
@@ -333,7 +335,7 @@ def train_fold(trainer: Union[str, type], fold: int, schedule: Schedule, device:
     # during planning nnU-Net would derive torch.set_num_threads(0) from it.
     os.environ["nnUNet_n_proc_DA"] = "0"
     try:
-        nnunet_trainer = build_trainer(trainer, fold, device)
+        nnunet_trainer = build_trainer(trainer, fold, device, dataset_id)
         nnunet_trainer.num_epochs = schedule.epochs
         nnunet_trainer.num_iterations_per_epoch = schedule.iterations
         nnunet_trainer.early_stopping_patience = None
