@@ -61,7 +61,7 @@ RANDOM_ENCODER = "random"
 DEFAULT_SPACING_MM = 4.0
 DEFAULT_STARTING_FILTERS = 8
 DEFAULT_PRETRAIN_EPOCHS, DEFAULT_PRETRAIN_ITERATIONS = 20, 50
-DEFAULT_EPOCHS, DEFAULT_ITERATIONS = 8, 40
+DEFAULT_EPOCHS, DEFAULT_ITERATIONS = 6, 40
 #: --quick: the machinery only (a few subjects, a few steps, 2 folds).
 QUICK_SUBJECTS, QUICK_POOL_SUBJECTS = 12, 8
 QUICK_PRETRAIN_EPOCHS, QUICK_PRETRAIN_ITERATIONS = 2, 2
@@ -78,6 +78,8 @@ class Settings:
     sources: tuple
     spacing: float
     starting_filters: int
+    #: None: the whole head (as the fine-tuning).
+    pretrain_patch_size: Optional[tuple]
     pretrain_epochs: int
     pretrain_iterations: int
     epochs: int
@@ -145,8 +147,9 @@ def pretrain(settings: Settings, source: str, images: Path, nnunet_root: Path, c
     dataset = convert_pretraining_pool(images, dataset_folder(dataset_id, POOL_NAME, overwrite=False),
                                        seed=settings.seed)
     spacing = (settings.spacing,) * 3
-    fomo_plan_and_preprocess(dataset_id, FomoPlanSettings(spacing=spacing, patch_size=ixi.whole_head_patch(
-        dataset, spacing), starting_filters=settings.starting_filters), num_processes=1)
+    patch = settings.pretrain_patch_size or ixi.whole_head_patch(dataset, spacing)
+    fomo_plan_and_preprocess(dataset_id, FomoPlanSettings(spacing=spacing, patch_size=patch,
+                                                          starting_filters=settings.starting_filters), num_processes=1)
     schedule = ixi.Schedule(settings.pretrain_epochs, settings.pretrain_iterations)
     fold_folder, _ = ixi.train_fold(PRETRAIN_TRAINER, "all", schedule, settings.device, dataset_id)
     export_pretrained(fold_folder / "checkpoint_final.pth", checkpoint)
@@ -258,15 +261,17 @@ def run(settings: Settings) -> Dict[str, Any]:
                                                   settings.out / f"pretrain_{source}", checkpoints[source])
     arms = {SCRATCH: settings.out / f"finetune_{SCRATCH}",
             **{source: settings.out / f"finetune_{source}" for source in settings.sources}}
-    for arm, folder in arms.items():
-        minutes[f"finetune_{arm}"] = run_stage(settings, f"finetune_{arm}", finetune, settings, folder,
-                                               checkpoints.get(arm))
+    minutes[f"finetune_{SCRATCH}"] = run_stage(settings, f"finetune_{SCRATCH}", finetune, settings, arms[SCRATCH],
+                                               None)
     probes: Dict[str, Path] = {}
-    if settings.probes:
+    if settings.probes:  # cheap, and they need only the scratch arm's planned IXI dataset: before the long arms
         for encoder in (RANDOM_ENCODER, *settings.sources):
             probes[encoder] = settings.out / f"probe_{encoder}"
             minutes[f"probe_{encoder}"] = run_stage(settings, f"probe_{encoder}", probe, settings, arms[SCRATCH],
                                                     checkpoints.get(encoder), probes[encoder])
+    for source in settings.sources:
+        minutes[f"finetune_{source}"] = run_stage(settings, f"finetune_{source}", finetune, settings, arms[source],
+                                                  checkpoints[source])
     report = {"settings": {**{k: str(v) if isinstance(v, Path) else v for k, v in asdict(settings).items()},
                            "sources": {s: SOURCES[s] for s in settings.sources}},
               "checkpoints": {k: str(v) for k, v in checkpoints.items()}, "minutes": minutes,
@@ -295,6 +300,8 @@ def build_parser() -> argparse.ArgumentParser:
                              " 1 on a GPU, the FOMO pretraining's)")
     parser.add_argument("--starting-filters", type=int, default=DEFAULT_STARTING_FILTERS,
                         help="network width of every arm (default: %(default)s; the real UNet-B has 32)")
+    parser.add_argument("--pretrain-patch-size", type=int, nargs=3, metavar=("X", "Y", "Z"),
+                        help="pretraining patch in voxels (multiples of 16; default: the whole head, as fine-tuning)")
     parser.add_argument("--pretrain-epochs", type=int, default=DEFAULT_PRETRAIN_EPOCHS,
                         help="pretraining epochs per source (default: %(default)s)")
     parser.add_argument("--pretrain-iterations", type=int, default=DEFAULT_PRETRAIN_ITERATIONS,
@@ -327,12 +334,14 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
     check_device(args.device)
     settings = Settings(pool=args.pool.resolve(), ixi=args.ixi.resolve(), out=args.out.resolve(),
                         sources=tuple(args.sources), spacing=args.spacing, starting_filters=args.starting_filters,
+                        pretrain_patch_size=tuple(args.pretrain_patch_size) if args.pretrain_patch_size else None,
                         pretrain_epochs=args.pretrain_epochs, pretrain_iterations=args.pretrain_iterations,
                         epochs=args.epochs, iterations=args.iterations, folds=tuple(args.folds), subjects=None,
                         pool_subjects=None, seed=args.seed, n_bootstrap=args.n_bootstrap, device=args.device,
                         probes=not args.no_probes)
     if args.quick:
-        settings = replace(settings, spacing=ixi.QUICK_SPACING_MM, pretrain_epochs=QUICK_PRETRAIN_EPOCHS,
+        settings = replace(settings, spacing=ixi.QUICK_SPACING_MM, pretrain_patch_size=None,
+                           pretrain_epochs=QUICK_PRETRAIN_EPOCHS,
                            pretrain_iterations=QUICK_PRETRAIN_ITERATIONS, epochs=QUICK_EPOCHS,
                            iterations=QUICK_ITERATIONS, folds=QUICK_FOLDS, subjects=QUICK_SUBJECTS,
                            pool_subjects=QUICK_POOL_SUBJECTS, n_bootstrap=QUICK_BOOTSTRAP)
