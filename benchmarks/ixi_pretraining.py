@@ -106,7 +106,12 @@ def run_stage(settings: Settings, name: str, target: Callable[..., Any], *args: 
     started = time.monotonic()
     process = multiprocessing.get_context("spawn").Process(target=_logged, args=(log, target, *args), name=name)
     process.start()
-    process.join()
+    try:
+        process.join()
+    finally:  # interrupted (Ctrl-C, SIGTERM): stop the stage too, or multiprocessing's exit would wait for it
+        if process.is_alive():
+            process.terminate()
+            process.join()
     minutes = (time.monotonic() - started) / 60
     if process.exitcode != 0:
         tail = "\n".join(log.read_text(errors="replace").splitlines()[-20:]) if log.is_file() else ""

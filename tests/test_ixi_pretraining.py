@@ -1,0 +1,76 @@
+"""``benchmarks/ixi_pretraining.py``: the paired comparison, the pool it pretrains on, and its refusals.
+
+The whole run takes the real data and an hour of CPU (``--quick``: minutes); these tests check its parts on small
+inputs: a paired bootstrap must see a constant per-subject improvement as exactly that (an unpaired one would not),
+the pretraining pool links every subject of each source once, and bad settings are refused before anything runs.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from nnunet_ext.errors import EXIT_BAD_INPUT, FomoInputError
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "benchmarks"))
+import ixi_pretraining  # noqa: E402
+
+
+def predictions(true: np.ndarray, predicted: np.ndarray) -> dict:
+    return {f"sub_{i}": {"true": float(t), "predicted": float(p)} for i, (t, p) in enumerate(zip(true, predicted))}
+
+
+def test_a_constant_per_subject_gain_is_exactly_that_gain_with_a_zero_width_paired_interval():
+    rng = np.random.default_rng(0)
+    true = rng.uniform(20, 80, 40)
+    scratch_error = rng.uniform(2, 20, 40) * rng.choice([-1, 1], 40)
+    gain = 1.5
+    pretrained_error = scratch_error - np.sign(scratch_error) * gain  # every |error| smaller by exactly 1.5
+    result = ixi_pretraining.paired_difference(predictions(true, true + pretrained_error),
+                                               predictions(true, true + scratch_error), seed=0, n_resamples=500)
+    assert result["value"] == pytest.approx(-gain)
+    # paired: every resample sees the same -1.5; an unpaired bootstrap would spread over several years here
+    assert result["ci_low"] == pytest.approx(-gain) and result["ci_high"] == pytest.approx(-gain)
+    assert result["ci_excludes_zero"] and result["n_subjects"] == 40
+
+
+def test_the_difference_is_the_mean_absolute_error_difference_and_other_subjects_are_refused():
+    rng = np.random.default_rng(1)
+    true = rng.uniform(20, 80, 30)
+    a, b = true + rng.normal(0, 5, 30), true + rng.normal(0, 9, 30)
+    result = ixi_pretraining.paired_difference(predictions(true, a), predictions(true, b), seed=3, n_resamples=300)
+    expected = np.mean(np.abs(a - true)) - np.mean(np.abs(b - true))
+    assert result["value"] == pytest.approx(expected)
+    assert result["ci_low"] < expected < result["ci_high"]
+    fewer = dict(list(predictions(true, a).items())[:-1])
+    with pytest.raises(FomoInputError, match="different subjects"):
+        ixi_pretraining.paired_difference(fewer, predictions(true, b), seed=3, n_resamples=10)
+
+
+def test_the_pool_links_each_source_subject_once_and_only_subject_folders(tmp_path: Path):
+    pool, ixi = tmp_path / "pool", tmp_path / "ixi" / "preprocessed"
+    for folder, subjects in ((pool, ("sub_5015", "sub_5016", "sub_5017")), (ixi, ("sub_105", "sub_126"))):
+        for subject in subjects:
+            (folder / subject / "ses_1").mkdir(parents=True)
+    (pool / "README.md").write_text("not a subject")
+    linked = ixi_pretraining.link_subjects([pool, ixi], tmp_path / "linked", limit=2)
+    assert sorted(p.name for p in linked.iterdir()) == ["sub_105", "sub_126", "sub_5015", "sub_5016"]
+    assert (linked / "sub_105").resolve() == (ixi / "sub_105").resolve()
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--epochs", "1"], "--epochs must be at least 2"),
+    (["--pretrain-iterations", "0"], "--pretrain-iterations must be positive"),
+    (["--sources", "everything"], "invalid choice"),
+])
+def test_bad_settings_are_refused_before_anything_is_written(tmp_path: Path, args, message):
+    out = tmp_path / "out"
+    done = subprocess.run([sys.executable, str(REPO / "benchmarks" / "ixi_pretraining.py"), "--out", str(out), *args],
+                          capture_output=True, text=True, cwd=REPO)
+    assert done.returncode in (EXIT_BAD_INPUT, 2) and message in done.stderr
+    assert not out.exists()
