@@ -76,6 +76,8 @@ class Settings:
     ixi: Path
     out: Path
     sources: tuple
+    #: The sources whose checkpoints are fine-tuned (all are probed).
+    finetune_from: tuple
     spacing: float
     starting_filters: int
     #: None: the whole head (as the fine-tuning).
@@ -265,7 +267,7 @@ def run(settings: Settings) -> Dict[str, Any]:
         minutes[f"pretrain_{source}"] = run_stage(settings, f"pretrain_{source}", pretrain, settings, source, images,
                                                   settings.out / f"pretrain_{source}", checkpoints[source])
     arms = {SCRATCH: settings.out / f"finetune_{SCRATCH}",
-            **{source: settings.out / f"finetune_{source}" for source in settings.sources}}
+            **{source: settings.out / f"finetune_{source}" for source in settings.finetune_from}}
     minutes[f"finetune_{SCRATCH}"] = run_stage(settings, f"finetune_{SCRATCH}", finetune, settings, arms[SCRATCH],
                                                None)
     probes: Dict[str, Path] = {}
@@ -274,7 +276,7 @@ def run(settings: Settings) -> Dict[str, Any]:
             probes[encoder] = settings.out / f"probe_{encoder}"
             minutes[f"probe_{encoder}"] = run_stage(settings, f"probe_{encoder}", probe, settings, arms[SCRATCH],
                                                     checkpoints.get(encoder), probes[encoder])
-    for source in settings.sources:
+    for source in settings.finetune_from:
         minutes[f"finetune_{source}"] = run_stage(settings, f"finetune_{source}", finetune, settings, arms[source],
                                                   checkpoints[source])
     report = {"settings": {**{k: str(v) if isinstance(v, Path) else v for k, v in asdict(settings).items()},
@@ -300,6 +302,9 @@ def build_parser() -> argparse.ArgumentParser:
                              "non-empty folder refused (default: %(default)s)")
     parser.add_argument("--sources", nargs="+", choices=sorted(SOURCES), default=sorted(SOURCES),
                         help="what to pretrain on: " + "; ".join(f"{k}: {v}" for k, v in SOURCES.items()))
+    parser.add_argument("--finetune-from", nargs="+", choices=sorted(SOURCES),
+                        help="the pretrained sources to fine-tune from (default: every one of --sources; each is "
+                             "linear-probed either way)")
     parser.add_argument("--spacing", type=float, default=DEFAULT_SPACING_MM,
                         help="isotropic spacing in mm of pretraining and fine-tuning (default: %(default)s on a CPU;"
                              " 1 on a GPU, the FOMO pretraining's)")
@@ -335,10 +340,14 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
             raise FomoInputError(f"--{flag.replace('_', '-')} must be positive, got {getattr(args, flag)}")
     if args.epochs < 2:
         raise FomoInputError(f"--epochs must be at least 2, got {args.epochs}")
+    if not set(args.finetune_from or ()) <= set(args.sources):
+        raise FomoInputError(f"--finetune-from {args.finetune_from}: only sources pretrained on (--sources "
+                             f"{args.sources}) can be fine-tuned")
     check_out_folder(args.out)
     check_device(args.device)
     settings = Settings(pool=args.pool.resolve(), ixi=args.ixi.resolve(), out=args.out.resolve(),
-                        sources=tuple(args.sources), spacing=args.spacing, starting_filters=args.starting_filters,
+                        sources=tuple(args.sources), finetune_from=tuple(args.finetune_from or args.sources),
+                        spacing=args.spacing, starting_filters=args.starting_filters,
                         pretrain_patch_size=tuple(args.pretrain_patch_size) if args.pretrain_patch_size else None,
                         pretrain_epochs=args.pretrain_epochs, pretrain_iterations=args.pretrain_iterations,
                         epochs=args.epochs, iterations=args.iterations, folds=tuple(args.folds), subjects=None,

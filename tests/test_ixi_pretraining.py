@@ -67,6 +67,7 @@ def test_the_pool_links_each_source_subject_once_and_only_subject_folders(tmp_pa
     (["--epochs", "1"], "--epochs must be at least 2"),
     (["--pretrain-iterations", "0"], "--pretrain-iterations must be positive"),
     (["--sources", "everything"], "invalid choice"),
+    (["--sources", "pool", "--finetune-from", "pool_ixi"], "only sources pretrained on"),
 ])
 def test_bad_settings_are_refused_before_anything_is_written(tmp_path: Path, args, message):
     out = tmp_path / "out"
