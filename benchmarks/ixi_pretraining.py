@@ -93,6 +93,8 @@ class Settings:
     n_bootstrap: int
     device: str
     probes: bool
+    #: A folder of ``<source>.ckpt`` from an earlier run: fine-tune and probe those instead of pretraining again.
+    reuse_checkpoints: Optional[Path] = None
 
 
 # -- stages, each in its own process ------------------------------------------------------------------------
@@ -260,6 +262,9 @@ def run(settings: Settings) -> Dict[str, Any]:
     minutes: Dict[str, float] = {}
     checkpoints: Dict[str, Path] = {}
     for source in settings.sources:
+        if settings.reuse_checkpoints is not None:
+            checkpoints[source] = settings.reuse_checkpoints / f"{source}.ckpt"
+            continue
         folders = [settings.pool] + ([settings.ixi / "preprocessed"] if source == SOURCE_POOL_IXI else [])
         images = link_subjects(folders, settings.out / "images" / source, settings.pool_subjects)
         checkpoints[source] = settings.out / "checkpoints" / f"{source}.ckpt"
@@ -322,6 +327,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="fine-tuning steps per epoch, every arm (default: %(default)s)")
     parser.add_argument("--folds", type=int, nargs="+", default=list(range(ixi.N_FOLDS)), choices=range(ixi.N_FOLDS),
                         help="folds to fine-tune (default: all five)")
+    parser.add_argument("--reuse-checkpoints", type=Path, metavar="DIR",
+                        help="skip pretraining: fine-tune and probe DIR/<source>.ckpt of an earlier run (its "
+                             "checkpoints/ folder, copied out of --out, which a run replaces)")
     parser.add_argument("--no-probes", action="store_true", help="skip the linear probes")
     parser.add_argument("--seed", type=int, default=0, help="seed of the folds and the bootstrap (default: 0)")
     parser.add_argument("--n-bootstrap", type=int, default=ixi.DEFAULT_BOOTSTRAP,
@@ -343,6 +351,9 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
     if not set(args.finetune_from or ()) <= set(args.sources):
         raise FomoInputError(f"--finetune-from {args.finetune_from}: only sources pretrained on (--sources "
                              f"{args.sources}) can be fine-tuned")
+    for source in args.sources if args.reuse_checkpoints else ():
+        if not (args.reuse_checkpoints / f"{source}.ckpt").is_file():
+            raise FomoInputError(f"no {source}.ckpt to reuse", args.reuse_checkpoints)
     check_out_folder(args.out)
     check_device(args.device)
     settings = Settings(pool=args.pool.resolve(), ixi=args.ixi.resolve(), out=args.out.resolve(),
@@ -352,7 +363,8 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
                         pretrain_epochs=args.pretrain_epochs, pretrain_iterations=args.pretrain_iterations,
                         epochs=args.epochs, iterations=args.iterations, folds=tuple(args.folds), subjects=None,
                         pool_subjects=None, seed=args.seed, n_bootstrap=args.n_bootstrap, device=args.device,
-                        probes=not args.no_probes)
+                        probes=not args.no_probes,
+                        reuse_checkpoints=args.reuse_checkpoints.resolve() if args.reuse_checkpoints else None)
     if args.quick:
         settings = replace(settings, spacing=ixi.QUICK_SPACING_MM, pretrain_patch_size=None,
                            pretrain_epochs=QUICK_PRETRAIN_EPOCHS,

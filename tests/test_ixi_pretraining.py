@@ -68,6 +68,7 @@ def test_the_pool_links_each_source_subject_once_and_only_subject_folders(tmp_pa
     (["--pretrain-iterations", "0"], "--pretrain-iterations must be positive"),
     (["--sources", "everything"], "invalid choice"),
     (["--sources", "pool", "--finetune-from", "pool_ixi"], "only sources pretrained on"),
+    (["--reuse-checkpoints", "/nonexistent"], "no pool.ckpt to reuse"),
 ])
 def test_bad_settings_are_refused_before_anything_is_written(tmp_path: Path, args, message):
     out = tmp_path / "out"
