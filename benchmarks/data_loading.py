@@ -85,6 +85,8 @@ DEFAULT_STARTING_FILTERS = 32
 QUICK_CASES = 5
 QUICK_SPACING_MM = 4.0
 QUICK_PATCH_EDGES = (32, 48)
+#: No worker and several workers: one worker more only repeats the multi-process path, for seconds of CI time.
+QUICK_WORKERS = (0, 2)
 QUICK_BATCHES = 2
 QUICK_REPEATS = 2
 QUICK_STARTING_FILTERS = 8
@@ -360,8 +362,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="device of the timed training steps (default cpu)")
     parser.add_argument("--quick", action="store_true",
                         help=f"smoke run of under a minute: {QUICK_CASES} subjects at {QUICK_SPACING_MM:g} mm, patches "
-                             f"{QUICK_PATCH_EDGES}, {QUICK_STARTING_FILTERS} filters, {QUICK_REPEATS} rounds of "
-                             f"{QUICK_BATCHES} batches")
+                             f"{QUICK_PATCH_EDGES}, workers {QUICK_WORKERS}, {QUICK_STARTING_FILTERS} filters, "
+                             f"{QUICK_REPEATS} rounds of {QUICK_BATCHES} batches")
     return parser
 
 
@@ -372,6 +374,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     check_device(args.device)
     if args.quick:
         args.cases, args.spacing, args.patch_edges = QUICK_CASES, QUICK_SPACING_MM, QUICK_PATCH_EDGES
+        args.workers = QUICK_WORKERS
         args.batches, args.repeats, args.starting_filters = QUICK_BATCHES, QUICK_REPEATS, QUICK_STARTING_FILTERS
     with quiet_work_folder(args.out, RESULT_STEM) as work:
         report = run_benchmark(args.task, args.cases, args.spacing, args.patch_edges, args.workers, args.batches,

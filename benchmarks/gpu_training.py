@@ -5,7 +5,8 @@ For each FOMO task: synthetic brain-sized data at 1 mm (``--cases`` subjects) ->
 batch), then fold 0 of the task's trainer (``FomoClassificationTrainer``, ``FomoFinetuneTrainer``,
 ``FomoRegressionTrainer``) built as ``nnUNetv2_train`` builds it and trained by nnU-Net's own loop for ``--epochs``
 x ``--iterations`` steps. On a GPU that is nnU-Net's default: mixed precision and ``torch.compile`` (unless
-``nnUNet_compile`` says otherwise), its data-augmentation workers. Printed per trainer: training iterations per
+``nnUNet_compile`` says otherwise), its data-augmentation workers, and what ``nnUNetv2_train`` sets for the device
+on a GPU (:func:`use_nnunet_train_settings`: cuDNN autotuning, one CPU thread). Printed per trainer: training iterations per
 second (the training phase of each epoch after the first, which holds start-up and compilation), the first
 epoch's seconds, the validation phase's seconds per epoch, the peak GPU memory (on the CPU: the process's peak
 resident memory), and the last validation metric (pseudo Dice, or the task metric on whole cases). The weights
@@ -85,6 +86,21 @@ class PhaseClock:
         return stamped
 
 
+def use_nnunet_train_settings(device: str) -> None:
+    """What ``nnUNetv2_train`` sets before training on a GPU (nnunetv2.run.run_training: run_training_entry and
+    run_training): one CPU thread (more only compete with the augmentation workers) and cuDNN's autotuning
+    (``benchmark``, non-deterministic). On the CPU the process keeps the threads its caller gave it (the tests
+    share the cores between processes), where ``nnUNetv2_train -device cpu`` would take every core."""
+    import torch
+    from torch.backends import cudnn
+
+    if device == "cuda":
+        torch.set_num_threads(1)
+        torch.set_num_interop_threads(1)
+        cudnn.deterministic = False
+        cudnn.benchmark = True
+
+
 def peak_memory_gib(device: str) -> float:
     import torch
 
@@ -112,6 +128,7 @@ def train_task(task: int, args: argparse.Namespace) -> Dict[str, Any]:
     configuration = trainer.configuration_manager
     return {"task": task, "trainer": TRAINERS[task], "patch_size": list(configuration.patch_size),
             "batch_size": configuration.batch_size, "compiled": bool(trainer._do_i_compile()),
+            "cudnn_benchmark": torch.backends.cudnn.benchmark, "cpu_threads": torch.get_num_threads(),
             "first_epoch_seconds": training[0] + validation[0],
             "iterations_per_second": statistics.median(args.iterations / t for t in training[1:]),
             "validation_seconds_per_epoch": statistics.median(validation[1:]),
@@ -164,6 +181,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         args.starting_filters, args.cases, scale = QUICK_STARTING_FILTERS, QUICK_CASES, QUICK_SCALE
         args.epochs, args.iterations, args.val_iterations = QUICK_EPOCHS, QUICK_ITERATIONS, QUICK_VAL_ITERATIONS
     shape = tuple(round(edge * scale) for edge in BRAIN_SHAPE)
+    use_nnunet_train_settings(args.device)
     with quiet_work_folder(args.out, RESULT_STEM) as work:
         import torch
 

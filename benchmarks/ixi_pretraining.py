@@ -214,8 +214,15 @@ def paired_difference(pretrained: Dict[str, Dict[str, float]], scratch: Dict[str
             "ci_excludes_zero": bool(interval.high < 0 or interval.low > 0)}
 
 
-def compare(settings: Settings, arms: Dict[str, Path], probes: Dict[str, Path]) -> Dict[str, Any]:
-    """Read every arm's and probe's results; the paired differences of each pretrained arm against scratch."""
+def probe_predictions(folder: Path) -> Dict[str, Dict[str, float]]:
+    """A linear probe's out-of-fold predictions in the fine-tuning reports' form."""
+    records = json.loads((folder / "linear_probe.json").read_text())["cases"]
+    return {r["case"]: {"true": r["target"], "predicted": r["prediction"]} for r in records}
+
+
+def compare(arms: Dict[str, Path], probes: Dict[str, Path], seed: int, n_bootstrap: int) -> Dict[str, Any]:
+    """Read every arm's and probe's results; the paired differences of each fine-tuned arm against scratch and of
+    each pretrained encoder's probe against the random encoder's."""
     reports = {arm: json.loads((folder / f"{ixi.RESULT_STEM}.json").read_text()) for arm, folder in arms.items()}
     rows = {f"fine-tuned, {arm}": reports[arm]["results"][ixi.MODEL_CNN]["pooled"] for arm in arms}
     rows.update({f"linear probe, {encoder} encoder": json.loads((folder / "linear_probe.json").read_text())
@@ -223,8 +230,14 @@ def compare(settings: Settings, arms: Dict[str, Path], probes: Dict[str, Path]) 
     for baseline in (ixi.MODEL_RIDGE, ixi.MODEL_MEAN):
         rows[baseline] = reports[SCRATCH]["results"][baseline]["pooled"]
     scratch = reports[SCRATCH]["predictions"][ixi.MODEL_CNN]
-    paired = {arm: paired_difference(reports[arm]["predictions"][ixi.MODEL_CNN], scratch, settings.seed,
-                                     settings.n_bootstrap) for arm in arms if arm != SCRATCH}
+    paired = {f"fine-tuned from {arm} - from scratch": paired_difference(
+        reports[arm]["predictions"][ixi.MODEL_CNN], scratch, seed, n_bootstrap)
+        for arm in arms if arm != SCRATCH}
+    if RANDOM_ENCODER in probes:
+        random_probe = probe_predictions(probes[RANDOM_ENCODER])
+        paired.update({f"linear probe, {encoder} - random encoder": paired_difference(
+            probe_predictions(folder), random_probe, seed, n_bootstrap)
+            for encoder, folder in probes.items() if encoder != RANDOM_ENCODER})
     return {"rows": rows, "paired_mae_difference": paired}
 
 
@@ -241,19 +254,17 @@ def markdown(report: Dict[str, Any]) -> str:
              "| model | MAE | Pearson r |", "|---|---|---|"]
     for name, result in report["comparison"]["rows"].items():
         lines.append(f"| {name} | {interval(result['mae'])} | {interval(result['pearson_r'])} |")
-    lines += ["", "Paired bootstrap of per-subject absolute errors, pretrained minus scratch (negative: pretraining "
-                  "helps):", "", "| pretrained on | MAE difference [95% CI] | CI excludes 0 |", "|---|---|---|"]
-    for arm, d in report["comparison"]["paired_mae_difference"].items():
-        lines.append(f"| {SOURCES.get(arm, arm)} | {interval(d)} | {'yes' if d['ci_excludes_zero'] else 'no'} |")
+    lines += ["", "Paired bootstrap of per-subject absolute errors, pretrained minus scratch or random (negative: "
+                  "pretraining helps); " + "; ".join(f"{k}: {v}" for k, v in SOURCES.items()) + ":", "",
+              "| comparison | MAE difference [95% CI] | CI excludes 0 |", "|---|---|---|"]
+    for name, d in report["comparison"]["paired_mae_difference"].items():
+        lines.append(f"| {name} | {interval(d)} | {'yes' if d['ci_excludes_zero'] else 'no'} |")
     minutes = ", ".join(f"{k} {v:.1f}" for k, v in report["minutes"].items())
     lines += ["", f"Minutes: {minutes}."]
     return "\n".join(lines) + "\n"
 
 
 def run(settings: Settings) -> Dict[str, Any]:
-    from nnunet_ext.evaluation.report import json_safe
-    from nnunet_ext.utils.files import atomic_write_json, atomic_write_text
-
     ixi.check_ixi(settings.ixi)
     if not settings.pool.is_dir():
         raise FomoInputError("no such folder (the unlabelled pool)", settings.pool)
@@ -284,16 +295,35 @@ def run(settings: Settings) -> Dict[str, Any]:
     for source in settings.finetune_from:
         minutes[f"finetune_{source}"] = run_stage(settings, f"finetune_{source}", finetune, settings, arms[source],
                                                   checkpoints[source])
-    report = {"settings": {**{k: str(v) if isinstance(v, Path) else v for k, v in asdict(settings).items()},
-                           "sources": {s: SOURCES[s] for s in settings.sources}},
-              "checkpoints": {k: str(v) for k, v in checkpoints.items()}, "minutes": minutes,
-              "comparison": compare(settings, arms, probes)}
-    report = json_safe(report)
-    atomic_write_json(settings.out / f"{RESULT_STEM}.json", report)
+    return write_report(settings.out, {**{k: str(v) if isinstance(v, Path) else v for k, v in asdict(settings).items()},
+                                       "sources": {s: SOURCES[s] for s in settings.sources}},
+                        arms, probes, {k: str(v) for k, v in checkpoints.items()}, minutes)
+
+
+def write_report(out: Path, settings: Dict[str, Any], arms: Dict[str, Path], probes: Dict[str, Path],
+                 checkpoints: Dict[str, str], minutes: Dict[str, float]) -> Dict[str, Any]:
+    """``ixi_pretraining.json`` and ``.md`` from the stages' outputs; the Markdown is printed too."""
+    from nnunet_ext.evaluation.report import json_safe
+    from nnunet_ext.utils.files import atomic_write_json, atomic_write_text
+
+    report = json_safe({"settings": settings, "checkpoints": checkpoints, "minutes": minutes,
+                        "comparison": compare(arms, probes, settings["seed"], settings["n_bootstrap"])})
+    atomic_write_json(out / f"{RESULT_STEM}.json", report)
     text = markdown(report)
-    atomic_write_text(settings.out / f"{RESULT_STEM}.md", text)
+    atomic_write_text(out / f"{RESULT_STEM}.md", text)
     print("\n" + text)
     return report
+
+
+def rescore(out: Path) -> Dict[str, Any]:
+    """Rewrite the report of the finished run in ``out`` from its stages' outputs, training nothing."""
+    previous = out / f"{RESULT_STEM}.json"
+    if not previous.is_file():
+        raise FomoInputError(f"no {previous.name} of a finished run to rescore", out)
+    old = json.loads(previous.read_text())
+    arms = {folder.name.split("_", 1)[1]: folder for folder in sorted(out.glob("finetune_*"))}
+    probes = {folder.name.split("_", 1)[1]: folder for folder in sorted(out.glob("probe_*"))}
+    return write_report(out, old["settings"], arms, probes, old["checkpoints"], old["minutes"])
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -330,6 +360,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--reuse-checkpoints", type=Path, metavar="DIR",
                         help="skip pretraining: fine-tune and probe DIR/<source>.ckpt of an earlier run (its "
                              "checkpoints/ folder, copied out of --out, which a run replaces)")
+    parser.add_argument("--rescore", action="store_true",
+                        help="train nothing: rewrite the report of the finished run in --out from its stages' outputs")
     parser.add_argument("--no-probes", action="store_true", help="skip the linear probes")
     parser.add_argument("--seed", type=int, default=0, help="seed of the folds and the bootstrap (default: 0)")
     parser.add_argument("--n-bootstrap", type=int, default=ixi.DEFAULT_BOOTSTRAP,
@@ -376,7 +408,11 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
 
 @cli_entry
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    run(settings_from_args(build_parser().parse_args(argv)))
+    args = build_parser().parse_args(argv)
+    if args.rescore:
+        rescore(args.out.resolve())
+    else:
+        run(settings_from_args(args))
     return 0
 
 

@@ -304,7 +304,7 @@ def time_validation(ours, stock, repeats: int) -> Dict[str, Any]:
         for _ in range(repeats):
             epochs.append(timed(ours.device, lambda: ours.on_validation_epoch_end([])))
             batches.append(timed(stock.device, lambda: stock.validation_step(next(stock.dataloader_val))))
-    n_cases = len(ours.validation_dataset.identifiers)
+    n_cases = len(ours.validation_volumes)
     epoch_s, batch_s = statistics.median(epochs), statistics.median(batches)
     return {"n_cases": n_cases, "epoch_s": epochs, "median_epoch_s": epoch_s, "seconds_per_case": epoch_s / n_cases,
             "stock_batch_s": batches, "stock_seconds_per_batch": batch_s,

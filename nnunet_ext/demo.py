@@ -39,11 +39,13 @@ DEMO_DATASET_IDS = {1: 901, 2: 902, 3: 903}
 #: nnU-Net dataset id of the unlabelled pretraining pool.
 POOL_DATASET_ID = 900
 TRAINERS = {1: "FomoClassificationTrainer", 2: "FomoFinetuneTrainer", 3: "FomoRegressionTrainer"}
-PRETRAIN_TRAINER = "FomoPretrainTrainer_cpuDemo"
+PRETRAIN_TRAINER = "FomoPretrainTrainer"
 #: Where the task models start (``--init``), and the trainer variant each trains: a short CPU schedule per task type
 #: (see nnunet_ext/trainers/variants.py), from the demo's pretrained checkpoint or from random weights.
 INIT_PRETRAINED, INIT_SCRATCH = "pretrained", "scratch"
 DEMO_VARIANTS = {INIT_PRETRAINED: "_cpuDemo", INIT_SCRATCH: "_cpuDemoScratch"}
+#: ``--smoke``: every training is ``_debug``-length (2 epochs x 4 steps): the machinery in a minute or two.
+SMOKE_VARIANTS = {INIT_PRETRAINED: "_debug", INIT_SCRATCH: "_debugScratch"}
 #: Subjects of the pretraining pool (about 3 scans each: every sequence of the tasks) and its planned spacing: the
 #: image-level tasks are planned at 2 mm, segmentation at 1 mm; the encoder sees 1.5 mm, between the two.
 POOL_SUBJECTS = 60
@@ -111,6 +113,19 @@ class DemoSettings:
     cases: Optional[int]  # None: each recipe's
     seed: int
     init: str = INIT_PRETRAINED
+    smoke: bool = False
+
+    @property
+    def pretrain_trainer(self) -> str:
+        return PRETRAIN_TRAINER + (SMOKE_VARIANTS if self.smoke else DEMO_VARIANTS)[INIT_PRETRAINED]
+
+    @property
+    def variant(self) -> str:
+        """The task trainers' variant suffix."""
+        return (SMOKE_VARIANTS if self.smoke else DEMO_VARIANTS)[self.init]
+
+    def task_trainer(self, task: int) -> str:
+        return TRAINERS[task] + self.variant
 
     def task_data(self, task: int) -> Path:
         return self.out / "fomo_data" / f"fomo-task{task}"
@@ -329,10 +344,10 @@ def train_folds(console: Console, dataset_id: int, trainer_name: str, settings: 
     from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
     from tqdm import tqdm
 
-    from nnunet_ext.trainers.variants import DEMO_SCHEDULES
+    from nnunet_ext.trainers.variants import DEBUG_EPOCHS, DEMO_SCHEDULES
 
     folds = list(settings.folds if folds is None else folds)
-    epochs = DEMO_SCHEDULES[_task_type(dataset_id)].epochs
+    epochs = DEBUG_EPOCHS if settings.smoke else DEMO_SCHEDULES[_task_type(dataset_id)].epochs
     commands = {fold: f"nnUNetv2_train {dataset_id} {CONFIGURATION} {fold} -tr {trainer_name} -device cpu"
                 for fold in folds}
     console.commands += commands.values()
@@ -399,15 +414,16 @@ def pretrain(console: Console, settings: DemoSettings) -> dict:
                  settings.log("pretraining_3_plan_and_preprocess"),
                  ["fomo_plan_and_preprocess", "-d", dataset, "--starting-filters", str(DEMO_STARTING_FILTERS),
                   "--spacing", f"{POOL_SPACING_MM:g}", "-np", str(DEMO_PROCESSES)], plan_and_preprocess.main)
-    train_folds(console, POOL_DATASET_ID, PRETRAIN_TRAINER, settings, "pretraining: masked image modelling",
+    train_folds(console, POOL_DATASET_ID, settings.pretrain_trainer, settings, "pretraining: masked image modelling",
                 settings.log("pretraining_4_training"), folds=["all"])
     settings.checkpoint.parent.mkdir(parents=True, exist_ok=True)
     command_step(console, "pretraining: export as a FOMO checkpoint", settings.log("pretraining_5_export"),
-                 ["fomo_export_pretrained", "-d", dataset, "-tr", PRETRAIN_TRAINER, "-o", str(settings.checkpoint)],
+                 ["fomo_export_pretrained", "-d", dataset, "-tr", settings.pretrain_trainer, "-o",
+                  str(settings.checkpoint)],
                  export.main)
     from nnunetv2.utilities.file_path_utilities import get_output_folder
 
-    fold = Path(get_output_folder(dataset, PRETRAIN_TRAINER, "nnUNetPlans", CONFIGURATION, "all"))
+    fold = Path(get_output_folder(dataset, settings.pretrain_trainer, "nnUNetPlans", CONFIGURATION, "all"))
     summary = json.loads((fold / "validation" / "summary.json").read_text())
     raw = Path(os.environ["nnUNet_raw"]) / fold.parent.parent.name / "dataset.json"
     return {**summary, "n_scans": json.loads(raw.read_text())["numTraining"], "n_subjects": POOL_SUBJECTS}
@@ -421,7 +437,7 @@ def run_task(console: Console, task: int, settings: DemoSettings) -> Path:
 
     recipe = DEMO_RECIPES[task]
     dataset = str(DEMO_DATASET_IDS[task])
-    trainer = TRAINERS[task] + DEMO_VARIANTS[settings.init]
+    trainer = settings.task_trainer(task)
     start = ["--pretrained", str(settings.checkpoint)] if settings.init == INIT_PRETRAINED else []
     folds = [str(f) for f in settings.folds]
     data = settings.task_data(task)
@@ -478,11 +494,11 @@ def headline_rows(reports: Dict[int, Path]) -> List[str]:
 def weights_paragraph(settings: DemoSettings, pretraining: Optional[dict]) -> str:
     """What REPORT.md says about where the task models' weights came from."""
     if pretraining is None:
-        return ("**The task models were trained from random weights** (`--init scratch`, the `_cpuDemoScratch` "
+        return (f"**The task models were trained from random weights** (`--init scratch`, the `{settings.variant}` "
                 "trainers): the comparison for the pretrained run (`benchmarks/pretraining.py`).")
-    return (f"**The weights come from the demo's own pretraining**: {PRETRAIN_TRAINER} (masked image modelling, "
-            f"60% of 4-voxel cubes masked, MSE reconstruction) on {pretraining['n_scans']} unlabelled synthetic scans "
-            f"of {pretraining['n_subjects']} subjects, none of them a task's, at {POOL_SPACING_MM:g} mm; held-out "
+    return (f"**The weights come from the demo's own pretraining**: {settings.pretrain_trainer} (masked image "
+            f"modelling, 60% of 4-voxel cubes masked, MSE reconstruction) on {pretraining['n_scans']} unlabelled "
+            f"synthetic scans of {pretraining['n_subjects']} subjects, none of them a task's, at {POOL_SPACING_MM:g} mm; held-out "
             f"reconstruction MSE {pretraining['metrics']['reconstruction_mse']:.4f} on {pretraining['n_cases']} scans "
             f"of held-out subjects. It was exported as `{settings.checkpoint.relative_to(settings.out).as_posix()}` "
             "(the layout of the real `epoch=12.ckpt`, 8 instead of 32 starting filters), and every task starts from "
@@ -503,7 +519,10 @@ def write_index(settings: DemoSettings, console: Console, reports: Dict[int, Pat
              f"Synthetic subjects per task: {', '.join(f'task {t}: {settings.cases_of(t)}' for t in reports)} "
              f"(seed {settings.seed}), folds {', '.join(map(str, settings.folds))}, the UNet-B layout with "
              f"{DEMO_STARTING_FILTERS} starting filters; {seconds / 60:.1f} min in all.", "",
-             weights_paragraph(settings, pretraining), "", "## Reports", ""]
+             weights_paragraph(settings, pretraining), "",
+             *([f"**Smoke run** (`--smoke`, the `{settings.variant}` trainers: 2 epochs x 4 steps): it shows that "
+                "every step runs; its numbers mean nothing.", ""] if settings.smoke else []),
+             "## Reports", ""]
     for task, report in reports.items():
         relative = report.relative_to(settings.out).as_posix()
         lines.append(f"- Task {task}: [{relative}/report.md]({relative}/report.md)")
@@ -529,6 +548,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--seed", type=int, default=0, help="seed of the data, the splits, training and the bootstrap")
     parser.add_argument("--init", choices=sorted(DEMO_VARIANTS), default=INIT_PRETRAINED,
                         help="where the task models start: the demo's own pretrained checkpoint, or random weights")
+    parser.add_argument("--smoke", action="store_true",
+                        help="train every model with the _debug-length variants (2 epochs x 4 steps): checks that "
+                             "every step runs, in a minute or two per task; the numbers mean nothing")
     return parser
 
 
@@ -545,7 +567,7 @@ def _at_least(minimum: int) -> Callable[[str], int]:
 @cli_entry
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
-    settings = DemoSettings(args.out.resolve(), args.tasks, args.folds, args.cases, args.seed, args.init)
+    settings = DemoSettings(args.out.resolve(), args.tasks, args.folds, args.cases, args.seed, args.init, args.smoke)
     started = time.monotonic()
     prepare_output(settings.out)
     configure_environment(settings.out)

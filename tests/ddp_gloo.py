@@ -1,9 +1,10 @@
 """nnU-Net's multi-GPU training path (``run_training.run_ddp``, one spawned process per rank) on the CPU.
 
-nnU-Net hard-codes CUDA in four places of that path; each rank patches exactly those and nothing else: the NCCL
-process group (gloo instead), ``torch.cuda.set_device``, the trainer's ``cuda:<rank>`` device (and its CUDA gradient
-scaler), and the ``device_ids`` of the DDP wrapper. Every rank then dumps its parameters and its logged values at
-the end of training, so that a test can check that the ranks agree.
+nnU-Net hard-codes CUDA in three places of that path; each rank patches exactly those and nothing else: the NCCL
+process group (gloo instead), ``torch.cuda.set_device``, and the CUDA device ``run_ddp`` builds the trainer for
+(the CPU instead; our trainers then keep the CPU, drop the CUDA gradient scaler and wrap the network for DDP on it).
+An optional ``setup`` function runs in every rank first (e.g. to record what each rank does). Every rank then dumps
+its parameters and its logged values at the end of training, so that a test can check that the ranks agree.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 import os
 import socket
 from pathlib import Path
+from typing import Callable, Optional
 
 import torch
 import torch.distributed as dist
@@ -26,13 +28,13 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def _rank(rank: int, world_size: int, port: int, dump_folder: str, env: dict, args: tuple) -> None:
+def _rank(rank: int, world_size: int, port: int, dump_folder: str, env: dict, args: tuple,
+          setup: Optional[Callable[[], None]]) -> None:
     os.environ.update(env)
     os.environ.update({"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)})
     torch.set_num_threads(1)
     import nnunetv2.run.run_training as run_training
     import nnunetv2.training.nnUNetTrainer.nnUNetTrainer as trainer_module
-    from torch.nn.parallel import DistributedDataParallel
 
     import nnunet_ext.trainers  # noqa: F401  (our normalisation registered in this process too)
     from nnunet_ext.trainers.base import unwrap_network
@@ -40,13 +42,10 @@ def _rank(rank: int, world_size: int, port: int, dump_folder: str, env: dict, ar
     run_training.setup_ddp = lambda rank, world_size: dist.init_process_group("gloo", rank=rank,
                                                                               world_size=world_size)
     torch.cuda.set_device = lambda *a, **k: None
-    trainer_module.DDP = lambda network, device_ids=None: DistributedDataParallel(network)
+    get_trainer = run_training.get_trainer_from_args
+    run_training.get_trainer_from_args = lambda *a, **k: get_trainer(*a, **k, device=torch.device("cpu"))
     base = trainer_module.nnUNetTrainer
-    original_init, original_end = base.__init__, base.on_train_end
-
-    def init_on_cpu(self, plans, configuration, fold, dataset_json, device=torch.device("cpu")):
-        original_init(self, plans, configuration, fold, dataset_json, device)
-        self.device, self.grad_scaler = torch.device("cpu"), None
+    original_end = base.on_train_end
 
     def dump_then_end(self):
         state = {k: v.detach().clone() for k, v in unwrap_network(self.network).state_dict().items()}
@@ -54,15 +53,20 @@ def _rank(rank: int, world_size: int, port: int, dump_folder: str, env: dict, ar
                    Path(dump_folder) / RANK_DUMP.format(rank=rank))
         original_end(self)
 
-    base.__init__, base.on_train_end = init_on_cpu, dump_then_end
+    base.on_train_end = dump_then_end
+    if setup is not None:
+        setup()
     run_training.run_ddp(rank, *args, world_size)
 
 
 def train_ddp_on_cpu(dataset: str, configuration: str, fold, trainer: str, dump_folder: Path, env: dict,
-                     world_size: int = 2, plans: str = "nnUNetPlans") -> list[dict]:
-    """Train through ``run_ddp`` with ``world_size`` gloo ranks; returns each rank's dump (see :data:`RANK_DUMP`)."""
+                     world_size: int = 2, plans: str = "nnUNetPlans",
+                     setup: Optional[Callable[[], None]] = None) -> list[dict]:
+    """Train through ``run_ddp`` with ``world_size`` gloo ranks; returns each rank's dump (see :data:`RANK_DUMP`).
+    ``setup`` (a module-level function, pickled to the ranks) runs in every rank before training."""
     # run_ddp's arguments after the rank: dataset, configuration, fold, trainer, plans, disable_checkpointing,
     # continue, only validation, pretrained weights, npz, validation with the best checkpoint
     args = (dataset, configuration, fold, trainer, plans, False, False, False, None, False, False)
-    mp.spawn(_rank, args=(world_size, free_port(), str(dump_folder), env, args), nprocs=world_size, join=True)
+    mp.spawn(_rank, args=(world_size, free_port(), str(dump_folder), env, args, setup), nprocs=world_size,
+             join=True)
     return [torch.load(dump_folder / RANK_DUMP.format(rank=rank), weights_only=False) for rank in range(world_size)]

@@ -8,6 +8,7 @@ from scipy.stats import bootstrap as scipy_bootstrap
 from sklearn.exceptions import UndefinedMetricWarning
 from sklearn.metrics import roc_auc_score
 
+from bootstrap_reference import auroc, percentile_interval, percentiles, resampled_values, sklearn_classification
 from nnunet_ext.metrics import (
     CLASSIFICATION_METRICS,
     REGRESSION_METRICS,
@@ -19,6 +20,8 @@ from nnunet_ext.metrics import (
 )
 
 N_RESAMPLES = 200  # enough to check the mechanics; keeps the tests fast
+#: Resamples rebuilt and scored by scikit-learn (slow per call) in the reference checks.
+REFERENCE_RESAMPLES = 60
 
 
 def _auroc_or_nan(y, p) -> float:
@@ -36,6 +39,41 @@ def test_mean_interval_agrees_with_scipy_percentile_bootstrap():
     assert ours.low == pytest.approx(theirs.low, abs=0.1 * width)
     assert ours.high == pytest.approx(theirs.high, abs=0.1 * width)
     assert (ours.n_resamples, ours.n_undefined) == (4000, 0)
+
+
+#: Small, skewed cases: percentile, basic and normal intervals differ by several percent of the range here.
+SKEWED_N_RESAMPLES = 200
+
+
+def basic_and_normal(values: np.ndarray, point: float, confidence: float) -> list[tuple[float, float]]:
+    """The basic and the normal bootstrap interval of the same resampled ``values`` (what a wrong method gives)."""
+    low, high = np.percentile(values, [50 * (1 - confidence), 50 * (1 + confidence)])
+    spread = 1.959963984540054 * values.std(ddof=1)
+    return [(2 * point - high, 2 * point - low), (point - spread, point + spread)]
+
+
+def test_auroc_interval_at_small_n_is_the_percentile_interval_of_the_seeded_resamples():
+    rng = np.random.default_rng(11)
+    y = np.array([0] * 8 + [1] * 4)
+    p = np.clip(0.35 * y + 0.65 * rng.random(12), 0, 1)
+    ours = bootstrap_ci(roc_auc_score, y, p, n_resamples=SKEWED_N_RESAMPLES, seed=5)
+    values = resampled_values(auroc, (y, p), SKEWED_N_RESAMPLES, seed=5)
+    expected = percentiles(values)
+    assert (ours.low, ours.high) == pytest.approx(expected, abs=1e-12)
+    assert ours.n_undefined == np.isnan(values).sum() > 0  # resamples of one class are skipped and counted
+    # the check tells the methods apart: the basic and normal intervals lie far from the percentile one
+    for other in basic_and_normal(values[~np.isnan(values)], roc_auc_score(y, p), 0.95):
+        assert max(abs(other[0] - expected[0]), abs(other[1] - expected[1])) > 0.03
+
+
+def test_median_interval_is_the_percentile_interval_of_the_seeded_resamples():
+    values = np.random.default_rng(3).exponential(10.0, 15)
+    ours = bootstrap_ci(np.median, values, n_resamples=SKEWED_N_RESAMPLES, confidence=0.9, seed=2)
+    medians = resampled_values(np.median, (values,), SKEWED_N_RESAMPLES, seed=2)
+    expected = percentiles(medians, 0.9)
+    assert (ours.low, ours.high) == pytest.approx(expected, abs=1e-12)
+    for other in basic_and_normal(medians, float(np.median(values)), 0.9):
+        assert max(abs(other[0] - expected[0]), abs(other[1] - expected[1])) > 0.5
 
 
 def test_same_seed_same_interval_other_seed_other_interval():
@@ -89,14 +127,17 @@ def test_metrics_with_ci_classification():
     rng = np.random.default_rng(0)
     y = rng.integers(0, 2, 40)
     p = np.clip(0.4 * y + 0.6 * rng.random(40), 0, 1)
-    result = metrics_with_ci("classification", y, p, n_resamples=N_RESAMPLES, threshold=0.4)
+    result = metrics_with_ci("classification", y, p, n_resamples=REFERENCE_RESAMPLES, threshold=0.4)
     point = classification_metrics(y, p, threshold=0.4)
     assert list(result) == list(CLASSIFICATION_METRICS)
     for name, entry in result.items():
         assert entry["value"] == pytest.approx(point[name])
-        assert entry["ci_low"] <= entry["value"] <= entry["ci_high"]
         assert entry["n_undefined_resamples"] == 0
-    auroc_alone = bootstrap_ci(roc_auc_score, y, p, n_resamples=N_RESAMPLES)
+    # the percentile interval of each metric on the resamples rebuilt from the (default) seed, by scikit-learn
+    for name, statistic in sklearn_classification(0.4).items():
+        expected = percentile_interval(statistic, y, p, n_resamples=REFERENCE_RESAMPLES, seed=0)
+        assert (result[name]["ci_low"], result[name]["ci_high"]) == pytest.approx(expected, abs=1e-12), name
+    auroc_alone = bootstrap_ci(roc_auc_score, y, p, n_resamples=REFERENCE_RESAMPLES)
     # Same seed, same resamples: the AUROC interval is the one bootstrap_ci gives for AUROC alone.
     assert (result["auroc"]["ci_low"], result["auroc"]["ci_high"]) == (auroc_alone.low, auroc_alone.high)
 

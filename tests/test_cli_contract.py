@@ -89,6 +89,8 @@ CASES: dict[str, tuple[Callable[[Path], List[str]], str]] = {
                                                   "-f", "abc", "-o", str(root / "models")], "argument -f/--folds"),
     "synthetic: scale 2": (lambda root: ["fomo_make_synthetic", "--task", "1", "--out", str(root / "out"),
                                          "--scale", "2"], "scale"),
+    "train ddp: outside torchrun": (lambda root: ["fomo_train_ddp", "7", "3d_fullres", "0"],
+                                    "not set: start fomo_train_ddp with torchrun"),
 }
 
 

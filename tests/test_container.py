@@ -13,7 +13,7 @@ from fomo_files import brain_volume, write_nifti
 from trained_models import NNUNET_DIRS, TrainedModel, use_model
 
 from nnunet_ext.dataset_conversion.fomo_reader import to_ras
-from nnunet_ext.errors import EXIT_BAD_INPUT
+from nnunet_ext.errors import EXIT_BAD_INPUT, FomoInputError
 from nnunet_ext.inference.container import MODEL_DIR_ENV, detect_task, main
 from nnunet_ext.inference.predict import FoldEnsemble
 from nnunet_ext.inference.predict import main as fomo_predict
@@ -53,8 +53,9 @@ def session_files(model: TrainedModel, task_id: int, folder: Path, spacing=SPACI
     return files
 
 
-def run(files: dict[str, Path], output: Path) -> int:
-    return main([*(arg for flag, path in files.items() for arg in (f"--{flag}", str(path))), "--output", str(output)])
+def run(files: dict[str, Path], output: Path, *extra: str) -> int:
+    return main([*(arg for flag, path in files.items() for arg in (f"--{flag}", str(path))), "--output", str(output),
+                 *extra])
 
 
 @pytest.mark.parametrize("task_id", [1, 3])
@@ -97,10 +98,19 @@ def test_segmentation_mask_has_the_inputs_shape_and_affine(trained_model, tmp_pa
     assert set(np.unique(sitk.GetArrayFromImage(mask))) <= {0, 1}
 
 
-@pytest.mark.parametrize("flags, task_id", [(("dwi_b1000", "flair", "adc", "t2s"), 1),
-                                            (("dwi_b1000", "flair", "swi"), 2), (("t2", "t1"), 3)])
-def test_task_is_detected_from_the_flags(flags: tuple, task_id: int) -> None:
-    assert detect_task(list(flags)).task_id == task_id
+@pytest.mark.parametrize("flags, task_id, challenge", [
+    (("dwi_b1000", "flair", "adc", "t2s"), 1, "fomo25"), (("dwi_b1000", "flair", "swi"), 2, "fomo25"),
+    (("t2", "t1"), 3, "fomo25"), (("flair", "dwi", "adc", "swi"), 1, "fomo26"), (("dwi", "flair", "t2s"), 2, "fomo26"),
+    (("t1",), 3, "fomo26")])
+def test_task_and_challenge_are_detected_from_the_flags(flags: tuple, task_id: int, challenge: str) -> None:
+    task, detected = detect_task(list(flags))
+    assert (task.task_id, detected) == (task_id, challenge)
+
+
+@pytest.mark.parametrize("flags", [("dwi", "dwi_b1000", "flair", "t2s"), ("dwi", "flair"), ("t2",)])
+def test_flags_mixing_or_missing_channels_match_no_task(flags: tuple) -> None:
+    with pytest.raises(FomoInputError, match="match no task"):
+        detect_task(list(flags))
 
 
 def test_flags_of_no_task_and_wrong_output_type_are_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,

@@ -6,20 +6,25 @@ from __future__ import annotations
 import csv
 import json
 import re
+import shutil
 from pathlib import Path
 
 import numpy as np
 import pytest
+import SimpleITK as sitk
+from sklearn.metrics import mean_absolute_error
+from bootstrap_reference import auroc, percentile_interval, sklearn_classification
 from fomo_files import write_nifti
 from trained_models import FOLDS, TrainedModel, use_model
 
 from nnunet_ext.errors import EXIT_BAD_INPUT
+from nnunet_ext.metrics.bootstrap import DEFAULT_SEED
 from nnunet_ext.metrics.classification import classification_metrics, youden_threshold
 from nnunet_ext.evaluation.evaluate import main
 from nnunet_ext.metrics.regression import regression_metrics
 from nnunet_ext.metrics.segmentation import segmentation_metrics
 
-#: Few resamples keep the tests fast; the intervals' correctness is tested with the bootstrap itself.
+#: Few resamples keep the tests fast (the intervals are rebuilt from the seed by ``bootstrap_reference``).
 N_BOOTSTRAP = 50
 DATASET_ID = 990
 SHAPE = (12, 10, 8)
@@ -70,10 +75,13 @@ def test_classification_from_prediction_files(nnunet_dirs, tmp_path: Path) -> No
     summary = read_summary(output)
     (table,) = summary["tables"]  # no trained model: no Youden threshold, only 0.5
     expected = classification_metrics(list(targets.values()), list(probabilities.values()), threshold=0.5)
-    for name in ("auroc", "accuracy", "sensitivity", "specificity"):
+    y, p = np.array(list(targets.values())), np.array(list(probabilities.values()))
+    for name, statistic in sklearn_classification(0.5).items():
         metric = table["metrics"]["A"][name]
         assert metric["value"] == pytest.approx(expected[name])
-        assert metric["ci_low"] <= metric["value"] <= metric["ci_high"]
+        # the percentile interval of the resamples rebuilt from the default seed, scored by scikit-learn
+        assert (metric["ci_low"], metric["ci_high"]) == pytest.approx(
+            percentile_interval(statistic, y, p, n_resamples=N_BOOTSTRAP, seed=DEFAULT_SEED), abs=1e-12), name
     assert summary["n_cases"] == len(targets)
     with open(output / "per_case.csv") as f:
         rows = list(csv.DictReader(f))
@@ -84,6 +92,26 @@ def test_classification_from_prediction_files(nnunet_dirs, tmp_path: Path) -> No
     head = summary["headline"]
     assert head["metric"] == "auroc" and head["model"] == "A" and head["value"] == pytest.approx(expected["auroc"])
     assert head["references"]["constant score"]["value"] == pytest.approx(0.5)
+
+
+def test_seed_flag_draws_the_resamples_of_that_seed(nnunet_dirs, tmp_path: Path) -> None:
+    targets = {f"sub_{i}_ses_1": i % 2 for i in range(8)}
+    probabilities = dict(zip(targets, [0.1, 0.8, 0.3, 0.4, 0.2, 0.9, 0.6, 0.7]))
+    hand_made_dataset(nnunet_dirs["nnUNet_raw"], "classification", targets)
+    model = write_predictions(tmp_path / "a", probabilities)
+    y, p = np.array(list(targets.values())), np.array(list(probabilities.values()))
+    intervals = {}
+    for seed in (DEFAULT_SEED, DEFAULT_SEED + 7):
+        output = tmp_path / f"eval_{seed}"
+        assert main(["-d", str(DATASET_ID), "-o", str(output), "--predictions", f"A={model}",
+                     "--n-bootstrap", str(N_BOOTSTRAP), "--seed", str(seed)]) == 0
+        summary = read_summary(output)
+        assert summary["bootstrap"]["seed"] == seed
+        auroc_entry = summary["tables"][0]["metrics"]["A"]["auroc"]
+        intervals[seed] = (auroc_entry["ci_low"], auroc_entry["ci_high"])
+        assert intervals[seed] == pytest.approx(
+            percentile_interval(auroc, y, p, n_resamples=N_BOOTSTRAP, seed=seed), abs=1e-12)
+    assert intervals[DEFAULT_SEED] != intervals[DEFAULT_SEED + 7]
 
 
 def test_regression_from_prediction_files(nnunet_dirs, tmp_path: Path) -> None:
@@ -140,6 +168,53 @@ def test_segmentation_from_mask_folders(nnunet_dirs, tmp_path: Path) -> None:
     whole = np.mean([2 * 36 / (36 + np.prod(SHAPE))] * 3)
     assert references["all background"]["dice"]["value"] == 0.0
     assert references["whole brain"]["dice"]["value"] == pytest.approx(whole)
+
+
+def shifted_masks(raw: Path, predictions: Path, labels_folder: str = "labelsTs") -> dict[str, tuple]:
+    """Three cases: a box as reference, the prediction shifted by i voxels along the 2 mm axis; case ->
+    (reference, prediction) arrays in SimpleITK's (z, y, x) order."""
+    rng = np.random.default_rng(0)
+    masks = {}
+    for i in range(3):
+        case = f"sub_{i}_ses_1"
+        reference = np.zeros(SHAPE, np.uint8)
+        reference[3:7, 3:6, 2:6] = 1
+        prediction = np.roll(reference, i, axis=2)
+        write_nifti(raw / labels_folder / f"{case}.nii.gz", reference, SPACING)
+        write_nifti(predictions / f"{case}.nii.gz", prediction, SPACING)
+        write_nifti(raw / "imagesTs" / f"{case}_0000.nii.gz", rng.random(SHAPE).astype(np.float32), SPACING)
+        masks[case] = (reference.T, prediction.T)
+    return masks
+
+
+def test_nsd_tolerance_flag_sets_the_tolerance_of_the_surface_dice(nnunet_dirs, tmp_path: Path) -> None:
+    raw = hand_made_dataset(nnunet_dirs["nnUNet_raw"], "segmentation", {})
+    masks = shifted_masks(raw, tmp_path / "masks")
+    nsd = {}
+    for tolerance in (1.0, 2.5):
+        output = tmp_path / f"eval_{tolerance}"
+        assert main(["-d", str(DATASET_ID), "-o", str(output), "--predictions", f"model={tmp_path / 'masks'}",
+                     "--n-bootstrap", str(N_BOOTSTRAP), "--nsd-tolerance", str(tolerance)]) == 0
+        nsd[tolerance] = read_summary(output)["tables"][0]["metrics"]["model"]["nsd"]["value"]
+        expected = [segmentation_metrics(r, p, SPACING[::-1], tolerance)["nsd"] for r, p in masks.values()]
+        assert nsd[tolerance] == pytest.approx(np.mean(expected))
+    # a shift of one 2 mm voxel lies beyond a 1 mm tolerance and within 2.5 mm
+    assert nsd[1.0] < nsd[2.5]
+
+
+def test_labels_flag_replaces_labelsTs(nnunet_dirs, tmp_path: Path) -> None:
+    raw = hand_made_dataset(nnunet_dirs["nnUNet_raw"], "segmentation", {})
+    shifted_masks(raw, tmp_path / "masks")
+    # other references: the predictions themselves, so the Dice against them is 1 (against labelsTs it is not)
+    other = tmp_path / "other_labels"
+    shutil.copytree(tmp_path / "masks", other)
+    dice = {}
+    for name, extra in (("labelsTs", []), ("other", ["--labels", str(other)])):
+        output = tmp_path / f"eval_{name}"
+        assert main(["-d", str(DATASET_ID), "-o", str(output), "--predictions", f"model={tmp_path / 'masks'}",
+                     "--n-bootstrap", str(N_BOOTSTRAP), *extra]) == 0
+        dice[name] = read_summary(output)["tables"][0]["metrics"]["model"]["dice"]["value"]
+    assert dice["other"] == pytest.approx(1.0) and dice["labelsTs"] < 0.9
 
 
 def test_missing_prediction_for_a_test_case_is_refused(nnunet_dirs, tmp_path: Path,
@@ -219,17 +294,43 @@ def test_trained_classifier_every_fold_and_the_ensemble(trained_model, tmp_path:
     assert {"figures/roc.png", *(f"figures/training_curves_fold_{f}.png" for f in FOLDS)} <= set(figures)
 
 
-@pytest.mark.parametrize("task_type", ["regression", "segmentation"])
-def test_trained_model_evaluation_writes_every_model(task_type: str, trained_model, tmp_path: Path,
-                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+def evaluate_the_trained(task_type: str, trained_model, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+                         ) -> tuple[TrainedModel, dict]:
     model = trained_model(task_type)
     use_model(monkeypatch, model)
     summary = evaluate_model(model, tmp_path / "eval")
-
     (table,) = summary["tables"]
     assert list(table["metrics"]) == [*(f"fold {f}" for f in FOLDS), "ensemble"]
-    metric = "mae" if task_type == "regression" else "dice"
-    assert all(np.isfinite(m[metric]["value"]) for m in table["metrics"].values())
     with open(tmp_path / "eval" / "per_case.csv") as f:
         assert len(list(csv.DictReader(f))) == len(model.test_targets) * (len(FOLDS) + 1)
     assert any("training_curves" in f for f in embedded_figures(tmp_path / "eval"))
+    return model, table["metrics"]
+
+
+def test_trained_regressor_metrics_recomputed_from_the_written_predictions(trained_model, tmp_path: Path,
+                                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    model, metrics = evaluate_the_trained("regression", trained_model, tmp_path, monkeypatch)
+    records = json.loads((tmp_path / "eval" / "predictions" / "predictions.json").read_text())
+    ages = [model.test_targets[r["case"]] for r in records]
+    folds = np.array([[r[f"fold_{f}"] for f in FOLDS] for r in records])
+    ensemble = np.array([r["prediction"] for r in records])
+    np.testing.assert_allclose(ensemble, folds.mean(1), rtol=1e-6)  # the ensemble averages the folds
+    assert metrics["fold 0"]["mae"]["value"] == pytest.approx(mean_absolute_error(ages, folds[:, 0]))
+    assert metrics["ensemble"]["mae"]["value"] == pytest.approx(mean_absolute_error(ages, ensemble))
+    assert metrics["fold 1"]["mae"]["value"] != pytest.approx(metrics["fold 0"]["mae"]["value"])
+
+
+def numpy_dice(prediction: Path, reference: Path) -> float:
+    predicted, truth = (sitk.GetArrayFromImage(sitk.ReadImage(str(p))) > 0 for p in (prediction, reference))
+    return 2 * np.logical_and(predicted, truth).sum() / (predicted.sum() + truth.sum())
+
+
+def test_trained_segmenter_dice_recomputed_from_the_written_masks(trained_model, tmp_path: Path,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    model, metrics = evaluate_the_trained("segmentation", trained_model, tmp_path, monkeypatch)
+    references = sorted((model.raw / "labelsTs").glob("*.nii.gz"))
+    assert len(references) == len(model.test_targets)
+    for name in ("fold 0", "ensemble"):
+        folder = tmp_path / "eval" / "predictions" / name.replace(" ", "_")
+        dice = [numpy_dice(folder / reference.name, reference) for reference in references]
+        assert metrics[name]["dice"]["value"] == pytest.approx(np.mean(dice)), name

@@ -42,8 +42,9 @@ def test_quick_benchmark_reports_cnn_and_baselines_and_its_folds_predict(tmp_pat
     for summary in report["results"].values():
         assert set(summary["pooled"]) == set(REPORTED)
         assert summary["n_cases"] == 12 and len(summary["per_fold"]) == 5
-        assert summary["pooled"]["mae"]["ci_low"] <= summary["pooled"]["mae"]["value"] <= \
-            summary["pooled"]["mae"]["ci_high"]
+        # a percentile interval is ordered, but need not hold the point estimate (tests/test_bootstrap.py)
+        mae = summary["pooled"]["mae"]
+        assert 0 <= mae["ci_low"] <= mae["ci_high"] and mae["value"] >= 0
     assert (out / "ixi_brain_age.png").is_file()
     assert "Pooled out-of-fold metrics" in done.stdout and "ridge_voxels" in done.stdout
 

@@ -7,6 +7,7 @@ the pretraining pool links every subject of each source once, and bad settings a
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -76,3 +77,34 @@ def test_bad_settings_are_refused_before_anything_is_written(tmp_path: Path, arg
                           capture_output=True, text=True, cwd=REPO)
     assert done.returncode in (EXIT_BAD_INPUT, 2) and message in done.stderr
     assert not out.exists()
+
+
+def write_json(path: Path, content: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(content))
+
+
+def test_rescore_pairs_each_arm_with_scratch_and_each_probe_with_the_random_encoder(tmp_path: Path):
+    rng = np.random.default_rng(2)
+    true = rng.uniform(20, 80, 12)
+    errors = {"scratch": 10.0, "pool": 7.0, "random": 9.0, "probe_pool": 4.0}  # constant |error| per model
+    pooled = {"mae": {"value": 1.0, "ci_low": 0.5, "ci_high": 1.5},
+              "pearson_r": {"value": 0.1, "ci_low": 0.0, "ci_high": 0.2}}
+    for arm in ("scratch", "pool"):
+        write_json(tmp_path / f"finetune_{arm}" / "ixi_brain_age.json", {
+            "results": {name: {"pooled": pooled} for name in ("cnn", "ridge_voxels", "training_mean")},
+            "predictions": {"cnn": predictions(true, true + errors[arm])}})
+    for encoder, key in (("random", "random"), ("pool", "probe_pool")):
+        write_json(tmp_path / f"probe_{encoder}" / "linear_probe.json", {
+            "summary": {"pooled_with_ci": pooled},
+            "cases": [{"case": f"sub_{i}", "target": t, "prediction": t - errors[key]} for i, t in enumerate(true)]})
+    write_json(tmp_path / "ixi_pretraining.json", {
+        "settings": {"seed": 0, "n_bootstrap": 50, "spacing": 4.0, "starting_filters": 8, "pretrain_epochs": 1,
+                     "pretrain_iterations": 1, "epochs": 2, "iterations": 1, "folds": [0]},
+        "checkpoints": {}, "minutes": {"finetune_scratch": 1.0}})
+    report = ixi_pretraining.rescore(tmp_path)
+    paired = report["comparison"]["paired_mae_difference"]
+    assert paired["fine-tuned from pool - from scratch"]["value"] == pytest.approx(-3.0)
+    assert paired["linear probe, pool - random encoder"]["value"] == pytest.approx(-5.0)
+    assert "| linear probe, pool - random encoder | -5.00 [-5.00, -5.00] | yes |" in \
+        (tmp_path / "ixi_pretraining.md").read_text()

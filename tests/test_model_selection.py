@@ -19,9 +19,10 @@ PLANS_CONFIGURATION = "nnUNetPlans__3d_fullres"
 CASES = [f"sub_{i}_ses_1" for i in range(8)]
 
 
-def write_model(results: Path, trainer: str, task_type: str, targets: list, predictions: list) -> None:
+def write_model(results: Path, trainer: str, task_type: str, targets: list, predictions: list,
+                plans_configuration: str = PLANS_CONFIGURATION) -> None:
     """A trained model folder as the case-level trainers leave it: dataset.json and two validation folds."""
-    folder = results / DATASET / f"{trainer}__{PLANS_CONFIGURATION}"
+    folder = results / DATASET / f"{trainer}__{plans_configuration}"
     folder.mkdir(parents=True)
     (folder / "dataset.json").write_text(json.dumps({"fomo": {"task_type": task_type}}))
     name = "probability" if task_type == "classification" else "predicted_age"
@@ -41,6 +42,26 @@ def select(results: Path, *extra: str) -> dict:
 @pytest.fixture
 def results(nnunet_dirs) -> Path:
     return nnunet_dirs["nnUNet_results"]
+
+
+def test_plans_and_configuration_flags_pick_the_models_compared(results: Path) -> None:
+    targets = [0, 1] * 4
+    good = [0.2, 0.9, 0.1, 0.7, 0.4, 0.6, 0.3, 0.8]
+    poor = [0.6, 0.5, 0.2, 0.1, 0.9, 0.3, 0.4, 0.7]
+    write_model(results, "Net", "classification", targets, poor)
+    write_model(results, "Net", "classification", targets, good, "OtherPlans__3d_fullres")
+    write_model(results, "Net", "classification", targets, good[::-1], "nnUNetPlans__3d_other")
+    info = select(results, "-tr", "Net", "-p", "nnUNetPlans", "OtherPlans", "--disable_ensembling")
+    assert info["all_results"] == {
+        f"Net__{PLANS_CONFIGURATION}": pytest.approx(classification_metrics(targets, poor)["auroc"]),
+        "Net__OtherPlans__3d_fullres": pytest.approx(classification_metrics(targets, good)["auroc"])}
+    assert info["best_model_or_ensemble"]["selected_model_or_models"] == [
+        {"trainer": "Net", "plans_identifier": "OtherPlans", "configuration": "3d_fullres"}]
+    info = select(results, "-tr", "Net", "-c", "3d_other", "--disable_ensembling")
+    assert info["all_results"] == {
+        "Net__nnUNetPlans__3d_other": pytest.approx(classification_metrics(targets, good[::-1])["auroc"])}
+    assert info["best_model_or_ensemble"]["selected_model_or_models"] == [
+        {"trainer": "Net", "plans_identifier": "nnUNetPlans", "configuration": "3d_other"}]
 
 
 def test_classifiers_are_ranked_by_pooled_auroc(results: Path) -> None:

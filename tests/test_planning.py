@@ -354,3 +354,56 @@ def test_cli_names_an_unwritable_preprocessed_folder(nnunet_dirs, capsys: pytest
     error = capsys.readouterr().err
     assert error.startswith(f"error: {read_only}: cannot write into nnUNet_preprocessed") and error.count("\n") == 1
     assert list(read_only.iterdir()) == []
+
+
+def plan_through_the_command(planned: Planned, monkeypatch: pytest.MonkeyPatch, plans_name: str,
+                             *flags: str) -> torch.nn.Module:
+    """fomo_plan_and_preprocess's ``main`` with ``flags``, planning only (the fixture's fingerprint; preprocessing
+    again would only cost time), then the network nnU-Net builds from the plans written."""
+    from nnunetv2.utilities.get_network_from_plans import get_network_from_plans
+
+    import nnunet_ext.preprocessing.plan_and_preprocess as command
+
+    def plan_only(dataset_id, settings, plans_name, num_processes, verify_dataset_integrity):
+        FomoPlanner(dataset_id, plans_name=plans_name, settings=settings).plan_experiment()
+        return planned.preprocessed / f"{plans_name}.json"
+
+    monkeypatch.setattr(command, "fomo_plan_and_preprocess", plan_only)
+    assert main(["-d", str(DATASET_ID), "--plans-name", plans_name, "--patch-size", *[str(PATCH)] * 3,
+                 "-np", "1", *flags]) == 0
+    plans = PlansManager(json.loads((planned.preprocessed / f"{plans_name}.json").read_text()))
+    configuration = plans.get_configuration(FULLRES)
+    return get_network_from_plans(configuration.network_arch_class_name, configuration.network_arch_init_kwargs,
+                                  configuration.network_arch_init_kwargs_req_import, 3, 2, deep_supervision=False)
+
+
+def test_model_and_decoder_layout_flags_shape_the_planned_network(planned: Planned,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    default = plan_through_the_command(planned, monkeypatch, "DefaultFlagPlans")
+    assert default.starting_filters == 32 and "decoder.stages.0.convs.1.conv.weight" not in default.state_dict()
+    network = plan_through_the_command(planned, monkeypatch, "XlPlans", "--model", "unet_xl",
+                                       "--decoder-layout", "unet_b")
+    assert network.starting_filters == 64
+    assert network.state_dict()["encoder.stages.0.0.convs.0.conv.weight"].shape[0] == 64
+    assert "decoder.stages.0.convs.1.conv.weight" in network.state_dict()  # two convs per decoder block
+
+
+def test_head_flags_shape_the_planned_head(planned: Planned, monkeypatch: pytest.MonkeyPatch) -> None:
+    dataset_json_file = planned.raw / "dataset.json"
+    original = dataset_json_file.read_text()
+    classification = json.loads(original)
+    classification["fomo"].update(task_type="classification", num_classes=2)
+    dataset_json_file.write_text(json.dumps(classification))
+    try:
+        default = plan_through_the_command(planned, monkeypatch, "HeadDefaultPlans", "--starting-filters", "4")
+        network = plan_through_the_command(planned, monkeypatch, "HeadPlans", "--starting-filters", "4",
+                                           "--head-pool-levels", "3", "4", "--head-pooling", "avgmax")
+    finally:
+        dataset_json_file.write_text(original)
+    assert (default.head.pool_levels, default.head.pooling, default.head.linear.in_features) == ((4,), "avg", 64)
+    # levels 3 and 4 hold 32 and 64 channels; avgmax pools each twice
+    assert (network.head.pool_levels, network.head.pooling) == ((3, 4), "avgmax")
+    assert network.head.linear.in_features == 2 * (32 + 64)
+    skips = [torch.rand(1, 4 * 2 ** level, 2, 2, 2) for level in range(5)]
+    expected = torch.cat([torch.cat([s.flatten(2).mean(-1), s.flatten(2).amax(-1)], 1) for s in skips[3:]], 1)
+    torch.testing.assert_close(network.head.pooled_features(skips), expected)

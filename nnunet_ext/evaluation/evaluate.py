@@ -13,6 +13,13 @@ code, or existing predictions are given (``--predictions NAME=PATH``). Written t
 Classification is scored at the threshold 0.5 and at the Youden-optimal threshold of the model's pooled validation
 folds (never tuned on the test set), which needs the trained model (``-tr``).
 
+A model with a stored calibration (``calibration.json``, fitted on the validation folds by
+``fomo_find_best_configuration``) is evaluated as ``fomo_predict`` predicts: calibrated; the uncalibrated ensemble is
+scored beside it (``ensemble, uncalibrated``; ``predictions/predictions_uncalibrated.csv``), and a calibration section
+compares the two: reliability diagram and expected calibration error (classification), or the error's slope against
+the true age (regression). Existing predictions get that section when two of them are named ``ensemble`` and
+``ensemble, uncalibrated``.
+
 Every report also scores trivial references on the same test cases, the bar a model must clear: a constant score
 (the training prevalence; AUROC 0.5), an all-background mask and the whole brain as the mask, the training cases'
 mean age. ``summary.json["headline"]`` holds the task's headline metric of the ensemble (or of the one model) with
@@ -41,19 +48,23 @@ from nnunet_ext.dataset_conversion.tasks import CLASSIFICATION, FOMO_KEY, REGRES
 from nnunet_ext.errors import FomoInputError, cli_entry
 from nnunet_ext.metrics._common import binary_mask
 from nnunet_ext.metrics.bootstrap import DEFAULT_CONFIDENCE, DEFAULT_N_RESAMPLES, DEFAULT_SEED, metrics_with_ci
+from nnunet_ext.metrics.calibration import DEFAULT_N_BINS, age_bias, expected_calibration_error
 from nnunet_ext.metrics.classification import DEFAULT_THRESHOLD, confusion_counts, youden_threshold
 from nnunet_ext.evaluation.model_selection import read_out_of_fold
 from nnunet_ext.evaluation.plots import (
     plot_bland_altman,
     plot_confusion_matrix,
     plot_dice_per_case,
+    plot_error_against_age,
     plot_predicted_vs_true,
+    plot_reliability_diagram,
     plot_roc_curves,
     plot_segmentation_overlay,
     plot_training_curves,
 )
-from nnunet_ext.evaluation.report import format_metrics_table, json_safe
+from nnunet_ext.evaluation.report import format_metrics_table, format_point_table, json_safe
 from nnunet_ext.metrics.segmentation import DEFAULT_NSD_TOLERANCE_MM, load_mask, segmentation_metrics
+from nnunet_ext.inference.calibration import NO_CALIBRATION, Calibration, read_calibration
 from nnunet_ext.inference.inputs import discover_cases
 from nnunet_ext.inference.predict import (
     CASE_COLUMN,
@@ -61,6 +72,7 @@ from nnunet_ext.inference.predict import (
     FoldEnsemble,
     PREDICTIONS_JSON,
     add_device_argument,
+    case_level_records,
     fold_column,
     parse_folds,
     predict_cases,
@@ -89,6 +101,9 @@ FIGURES_DIR = "figures"
 PREDICTIONS_DIR = "predictions"
 #: Name of the fold ensemble among the evaluated models; folds are ``fold <X>``.
 ENSEMBLE = "ensemble"
+#: The fold ensemble before calibration, evaluated beside it when the model has a calibration; and its predictions.
+UNCALIBRATED = "ensemble, uncalibrated"
+UNCALIBRATED_STEM = "predictions_uncalibrated"
 #: Segmentation overlays drawn (the highlighted model's worst cases by Dice: where a reader should look first).
 MAX_OVERLAYS = 4
 #: Checkpoint whose training log (nnU-Net's logger, saved in every checkpoint) gives the training curves.
@@ -103,6 +118,12 @@ HEADLINE_METRICS = {CLASSIFICATION: ("auroc", True), SEGMENTATION: ("dice", True
 #: Names of the trivial references.
 CONSTANT_SCORE, ALL_BACKGROUND, WHOLE_BRAIN, TRAINING_MEAN = (
     "constant score", "all background", "whole brain", "training mean")
+
+#: Rows of the calibration section's table.
+CALIBRATION_LABELS = {"ece": "Expected calibration error", "mae": "MAE (years)",
+                      "slope": "Slope of the error against true age (years per year)",
+                      "intercept": "Intercept of that line (years)", "pearson_r": "Pearson r of error and true age",
+                      "mean_error": "Mean error (years)"}
 
 #: Case-level predictions of each model: model -> case -> predicted probability or value.
 CaseLevelPredictions = Dict[str, Dict[str, float]]
@@ -139,6 +160,7 @@ class Evaluation:
     per_case: List[dict] = field(default_factory=list)
     figures: List[Tuple[str, Path]] = field(default_factory=list)
     notes: List[str] = field(default_factory=list)
+    calibration: Optional[dict] = None
 
 
 @dataclass(frozen=True)
@@ -178,6 +200,18 @@ def case_level_models(records: Sequence[Mapping], folds: Sequence[Union[int, str
     return models
 
 
+def calibrated_records(calibration: Calibration, records: Sequence[Mapping], folds: Sequence[Union[int, str]]
+                       ) -> List[dict]:
+    """``fomo_predict`` records of uncalibrated fold values as ``fomo_predict`` writes them with ``calibration``:
+    each fold's value calibrated, the ensemble their mean."""
+    calibrated = []
+    for record in records:
+        values = calibration.apply([record[fold_column(f)] for f in folds])
+        calibrated.append({CASE_COLUMN: record[CASE_COLUMN], ENSEMBLE_COLUMN: float(np.mean(values)),
+                           **{fold_column(f): v for f, v in zip(folds, values)}})
+    return calibrated
+
+
 def predict_test_set(test: TestSet, model_folder: Path, folds: Sequence[Union[int, str]], checkpoint: str,
                      device: torch.device, use_mirroring: bool, output: Path) -> Union[CaseLevelPredictions,
                                                                                        Dict[str, Path]]:
@@ -186,8 +220,17 @@ def predict_test_set(test: TestSet, model_folder: Path, folds: Sequence[Union[in
     if test.task_type != SEGMENTATION:
         # one pass gives every fold's value beside the ensemble's
         ensemble = FoldEnsemble(model_folder, folds, checkpoint, device, use_mirroring)
-        predict_cases(ensemble, cases, output)
-        return case_level_models(read_prediction_records(output), folds)
+        # the stored calibration (announced by the ensemble) is applied here, to keep the uncalibrated values too
+        calibration, ensemble.calibration = ensemble.calibration, None
+        require_output_folder(output)
+        raw = case_level_records(ensemble, cases)
+        if calibration is None:
+            write_records(output, raw)
+            return case_level_models(raw, folds)
+        records = calibrated_records(calibration, raw, folds)
+        write_records(output, records)
+        write_records(output, raw, stem=UNCALIBRATED_STEM)
+        return {**case_level_models(records, folds), UNCALIBRATED: case_level_models(raw, folds)[ENSEMBLE]}
     folders = {}
     for name, members in [*((f"fold {f}", [f]) for f in folds), (ENSEMBLE, list(folds))]:
         folders[name] = output / name.replace(" ", "_")
@@ -380,14 +423,43 @@ def evaluate_segmentation(test: TestSet, predictions: Mapping[str, Path], figure
     return result
 
 
-def validation_youden(model_folder: Path, folds: Sequence[Union[int, str]]) -> float:
-    """The Youden-optimal threshold of all folds' validation predictions together."""
+def validation_youden(model_folder: Path, folds: Sequence[Union[int, str]],
+                      calibration: Optional[Calibration] = None) -> float:
+    """The Youden-optimal threshold of all folds' validation predictions together (calibrated by ``calibration``,
+    as the predictions it is applied to are)."""
     targets, probabilities = zip(*((t, p) for _, t, p in read_out_of_fold(model_folder, [str(f) for f in folds])
                                    .values()))
+    if calibration is not None:
+        probabilities = calibration.apply(probabilities)
     try:
         return youden_threshold(targets, probabilities)
     except ValueError as e:  # one class only in the validation folds
         raise FomoInputError(f"no Youden threshold from the validation folds: {e}", model_folder) from None
+
+
+def calibration_section(test: TestSet, predictions: CaseLevelPredictions, calibration: Optional[Calibration],
+                        figures: Path, drawn: List[Tuple[str, Path]]) -> dict:
+    """The ensemble before and after calibration on the test set: expected calibration error and a reliability
+    diagram (classification), or the error's dependence on the true age (regression); the figure goes to ``drawn``."""
+    paired = {m: paired_targets(test.targets, predictions[m], m)[1:] for m in (UNCALIBRATED, ENSEMBLE)}
+    if test.task_type == CLASSIFICATION:
+        models = {m: {"ece": expected_calibration_error(*paired[m])} for m in paired}
+        path = plot_reliability_diagram(paired, figures / "reliability_diagram.png")
+        drawn.append((f"Reliability diagram of the ensemble before and after calibration ({DEFAULT_N_BINS} bins)",
+                      path))
+    else:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UndefinedMetricWarning)  # undefined values are null, and said so
+            models = {m: {"mae": float(np.mean(np.abs(y_pred - y_true))), **age_bias(y_true, y_pred)}
+                      for m, (y_true, y_pred) in paired.items()}
+        path = plot_error_against_age(paired, figures / "error_against_age.png")
+        drawn.append(("Error against true age of the ensemble before and after the de-bias", path))
+    fitted = None if calibration is None else {
+        "description": calibration.describe(),
+        **{k: v for k, v in calibration.record.items() if k != "fitted_on"},
+        "fitted_on": {k: v for k, v in calibration.record.get("fitted_on", {}).items() if k != "cases"}}
+    return {"fitted": fitted, "n_bins": DEFAULT_N_BINS if test.task_type == CLASSIFICATION else None,
+            "models": models}
 
 
 def training_curves(model_folder: Path, folds: Sequence[Union[int, str]], figures: Path, notes: List[str]
@@ -438,6 +510,16 @@ def headline(task_type: str, evaluation: Evaluation) -> dict:
             **{k: entry[k] for k in ("value", "ci_low", "ci_high")}, "references": references}
 
 
+def calibration_markdown(section: Mapping) -> List[str]:
+    """The calibration section of report.md: what was fitted, and the ensemble before and after on the test set."""
+    fitted = section["fitted"]
+    origin = (f"Fitted by fomo_find_best_configuration on the out-of-fold validation predictions, never on this test "
+              f"set: {fitted['description']}." if fitted else
+              "The predictions were given (--predictions): what calibrated them is not known here.")
+    return ["## Calibration", "", origin, "", "On the test set (point estimates):", "",
+            format_point_table(section["models"], CALIBRATION_LABELS)]
+
+
 def report_markdown(test: TestSet, source: str, evaluation: Evaluation, output: Path,
                     settings: EvaluationSettings) -> str:
     """report.md: what was evaluated, the metric tables, the figures and the notes."""
@@ -452,6 +534,7 @@ def report_markdown(test: TestSet, source: str, evaluation: Evaluation, output: 
     for table in [*evaluation.tables, *([evaluation.references] if evaluation.references else [])]:
         lines += [f"### {table.title[0].upper()}{table.title[1:]}", "",
                   format_metrics_table(table.models, DEFAULT_CONFIDENCE)]
+    lines += calibration_markdown(evaluation.calibration) if evaluation.calibration else []
     lines += ["## Figures", ""]
     for caption, path in evaluation.figures:
         lines += [f"**{caption}**", "", f"![{caption}]({path.relative_to(output).as_posix()})", ""]
@@ -477,6 +560,7 @@ def write_outputs(test: TestSet, source: str, evaluation: Evaluation, output: Pa
             "metrics": evaluation.references.models},
         "figures": [path.relative_to(output).as_posix() for _, path in evaluation.figures],
         "notes": evaluation.notes,
+        "calibration": evaluation.calibration,
     }))
     report = output / REPORT_MD
     atomic_write_text(report, report_markdown(test, source, evaluation, output, settings))
@@ -519,13 +603,19 @@ def evaluate(test: TestSet, output: Path, predictions: Union[CaseLevelPrediction
              model_folder: Optional[Path], folds: Sequence[Union[int, str]], settings: EvaluationSettings) -> Path:
     """Score ``predictions`` on ``test``, draw the figures and write the report; returns report.md."""
     figures = output / FIGURES_DIR
+    calibration = read_calibration(model_folder) if model_folder is not None else None
     if test.task_type == CLASSIFICATION:
-        youden = validation_youden(model_folder, folds) if model_folder is not None else None
+        youden = validation_youden(model_folder, folds, calibration) if model_folder is not None else None
         evaluation = evaluate_classification(test, predictions, youden, figures, settings)
+        if youden is not None and calibration is not None and calibration.method != NO_CALIBRATION:
+            evaluation.notes.append("The Youden threshold is that of the calibrated validation probabilities: "
+                                    "fomo_predict applies the model's calibration unless --no-calibration.")
     elif test.task_type == REGRESSION:
         evaluation = evaluate_regression(test, predictions, figures, settings)
     else:
         evaluation = evaluate_segmentation(test, predictions, figures, settings)
+    if test.task_type != SEGMENTATION and {ENSEMBLE, UNCALIBRATED} <= set(predictions):
+        evaluation.calibration = calibration_section(test, predictions, calibration, figures, evaluation.figures)
     if model_folder is not None:
         evaluation.figures += training_curves(model_folder, folds, figures, evaluation.notes)
     return write_outputs(test, source, evaluation, output, settings)

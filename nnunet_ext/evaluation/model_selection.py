@@ -7,6 +7,11 @@ regression): with a handful of cases per fold a per-fold AUROC is noisy or undef
 the two best models' out-of-fold predictions competes too. As nnU-Net does, the result goes to
 ``$nnUNet_results/DatasetXXX/inference_information.json`` and ``inference_instructions.txt``, naming the
 ``fomo_predict`` (and ``fomo_ensemble``) commands for the winner.
+
+Each case-level candidate's calibration (temperature scaling; a linear de-bias of ages, see
+``nnunet_ext.evaluation.calibration``) is fitted on the same out-of-fold predictions, and on nothing else, and stored
+in its model folder as ``calibration.json``, which ``fomo_predict`` and the challenge container apply. The ranking
+uses the uncalibrated predictions: a fit judged on the cases it was fitted on would flatter itself.
 """
 
 from __future__ import annotations
@@ -28,6 +33,7 @@ from nnunetv2.utilities.file_path_utilities import get_ensemble_name, maybe_conv
 from nnunet_ext.dataset_conversion.tasks import CLASSIFICATION, FOMO_KEY, REGRESSION, SEGMENTATION
 from nnunet_ext.errors import FomoInputError, cli_entry
 from nnunet_ext.metrics.aggregate import cross_validation_summary
+from nnunet_ext.evaluation.calibration import AGE_FITS, LEAST_SQUARES, fit_calibration, write_calibration
 from nnunet_ext.evaluation.report import json_safe
 from nnunet_ext.inference.predict import require_nnunet_ext_trainers
 from nnunet_ext.utils.arguments import int_at_least
@@ -121,13 +127,15 @@ def inference_commands(dataset: str, winner: OutOfFold, folds: Sequence[str]) ->
 
 
 def select_case_level(dataset_name: str, task_type: str, candidates: Sequence[Tuple[str, str, str]],
-                      folds: Sequence[str], allow_ensembling: bool) -> dict:
-    """Rank case-level models by their pooled out-of-fold metric; returns the inference information."""
+                      folds: Sequence[str], allow_ensembling: bool, age_fit: str = LEAST_SQUARES) -> dict:
+    """Rank case-level models by their pooled out-of-fold metric, and fit and store each one's calibration on the
+    same predictions; returns the inference information."""
     metric, higher_is_better = RANKING_METRICS[task_type]
-    models = []
+    models, calibrations = [], {}
     for trainer, plans, configuration in candidates:
         folder = trained_model_folder(dataset_name, trainer, plans, configuration)
         models.append(OutOfFold(folder.name, ((trainer, plans, configuration),), read_out_of_fold(folder, folds)))
+        calibrations[folder] = fit_calibration(task_type, models[-1].cases, age_fit)
     summaries = {m.identifier: cross_validation_summary(task_type, fold_arrays(m)) for m in models}
 
     def best_first(model: OutOfFold) -> Tuple[bool, float]:
@@ -142,6 +150,10 @@ def select_case_level(dataset_name: str, task_type: str, candidates: Sequence[Tu
         models.append(ensemble)
         models.sort(key=best_first)
     winner = models[0]
+    # written once every candidate was read and ranked: a refused input leaves no model folder changed
+    for folder, calibration in calibrations.items():
+        log.info("%s: calibration %s, stored in %s", folder.name, calibration.describe(),
+                 write_calibration(folder, calibration))
     return json_safe({
         "folds": list(folds),
         "dataset_name_or_id": dataset_name,
@@ -159,6 +171,10 @@ def select_case_level(dataset_name: str, task_type: str, candidates: Sequence[Tu
                                          for t, p, c in winner.members],
         },
         "inference_commands": inference_commands(dataset_name, winner, folds),
+        # each model's, applied by fomo_predict to each fold before averaging (an ensemble: to each member's folds)
+        "calibration": {folder.name: {"description": calibration.describe(), **{
+            key: value for key, value in calibration.record.items() if key != "fitted_on"}}
+            for folder, calibration in calibrations.items()},
     })
 
 
@@ -168,7 +184,10 @@ def write_inference_information(dataset_name: str, information: Mapping) -> Path
     best = information["best_model_or_ensemble"]
     lines = [f"Best {information['task_type']} model by pooled out-of-fold {information['metric']}: "
              f"{best['identifier']} ({best['result_on_crossval']})", "", "***Run inference like this:***", "",
-             *information["inference_commands"]]
+             *information["inference_commands"], "",
+             "Calibration, fitted on the out-of-fold predictions and applied by fomo_predict to each fold "
+             "(--no-calibration switches it off):",
+             *(f"{model}: {calibration['description']}" for model, calibration in information["calibration"].items())]
     atomic_write_json(folder / INFERENCE_INFORMATION, information)
     atomic_write_text(folder / INFERENCE_INSTRUCTIONS, "\n".join(lines) + "\n")
     log.info("\n".join(lines))
@@ -186,7 +205,8 @@ def dataset_task_type(dataset_name: str, candidate: Tuple[str, str, str]) -> str
 
 def find_best_configuration(dataset: str, trainers: Sequence[str], plans: Sequence[str] = (DEFAULT_PLANS,),
                             configurations: Sequence[str] = (DEFAULT_CONFIGURATION,),
-                            folds: Sequence[str] = DEFAULT_FOLDS, allow_ensembling: bool = True) -> dict:
+                            folds: Sequence[str] = DEFAULT_FOLDS, allow_ensembling: bool = True,
+                            age_fit: str = LEAST_SQUARES) -> dict:
     """Select the best model of ``dataset`` among every trainer x plans x configuration; see the module docstring."""
     try:
         dataset_name = maybe_convert_to_dataset_name(dataset)
@@ -203,7 +223,7 @@ def find_best_configuration(dataset: str, trainers: Sequence[str], plans: Sequen
         log.info("nnUNetv2_predict finds our trainers once `eval \"$(fomo_env)\"` has run; fomo_predict with the "
                  "same arguments needs no setup")
         return information
-    information = select_case_level(dataset_name, task_type, candidates, folds, allow_ensembling)
+    information = select_case_level(dataset_name, task_type, candidates, folds, allow_ensembling, age_fit)
     write_inference_information(dataset_name, information)
     return information
 
@@ -220,6 +240,11 @@ def build_parser() -> argparse.ArgumentParser:
                         help="folds whose validation predictions are pooled")
     parser.add_argument("--disable_ensembling", action="store_true",
                         help="do not try the ensemble of the two best models")
+    parser.add_argument("--age-correction", choices=AGE_FITS, default=LEAST_SQUARES,
+                        help="regression: how the linear de-bias of the ages is fitted on the out-of-fold cases: "
+                             f"{LEAST_SQUARES} fits true ~ a * predicted + b (least squared error), cole inverts "
+                             "predicted ~ alpha * true + beta (removes the error's dependence on age, de Lange & "
+                             "Cole 2020)")
     return parser
 
 
@@ -228,5 +253,5 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     folds = [str(f) for f in args.folds]  # nnU-Net's selection names folds as strings
     find_best_configuration(args.dataset, args.trainers, args.plans, args.configurations, folds,
-                            not args.disable_ensembling)
+                            not args.disable_ensembling, args.age_correction)
     return 0

@@ -22,6 +22,7 @@ from scipy.ndimage import center_of_mass, label
 from sklearn.metrics import ConfusionMatrixDisplay, mean_absolute_error, roc_auc_score, roc_curve
 
 from nnunet_ext.metrics._common import binary_mask, paired_vectors
+from nnunet_ext.metrics.calibration import DEFAULT_N_BINS, age_bias, expected_calibration_error, reliability_bins
 from nnunet_ext.utils.files import PathLike, atomic_write_bytes
 
 #: Resolution of the PNG files: sharp in a report at page width without making files large.
@@ -260,6 +261,104 @@ def plot_bland_altman(
     axis_label = _with_units(quantity.lower(), units)
     ax.set(title=f"Bland-Altman plot of predicted {quantity.lower()}",
            xlabel=f"Mean of true and predicted {axis_label}", ylabel=f"Predicted − true {axis_label}")
+    ax.grid(alpha=0.3)
+    ax.legend(loc="best", fontsize="small")
+    return _save(fig, out_path)
+
+
+#: Colours of the two models a before/after calibration figure compares: the uncalibrated one, then the calibrated.
+BEFORE_AFTER_COLOURS = (MEDIAN_COLOUR, HIGHLIGHT_COLOUR)
+
+
+def _require_before_after(curves: Mapping) -> None:
+    """Refuse a before/after figure of no model or of more models than it has colours."""
+    if not 0 < len(curves) <= len(BEFORE_AFTER_COLOURS):
+        raise ValueError(f"one or {len(BEFORE_AFTER_COLOURS)} models per figure, got {len(curves)}")
+
+
+@_own_style
+def plot_reliability_diagram(
+    curves: Mapping[str, tuple[ArrayLike, ArrayLike]], out_path: PathLike, n_bins: int = DEFAULT_N_BINS,
+    title: str = "Reliability diagram",
+) -> Path:
+    """Reliability diagram of one or two models (e.g. before and after calibration), ECE in the legend.
+
+    Top: observed frequency of the positive class against the mean predicted probability in each non-empty bin
+    (:func:`nnunet_ext.metrics.calibration.reliability_bins`), with the diagonal of perfect calibration. Bottom: the
+    number of cases per bin.
+
+    Parameters
+    ----------
+    curves : dict
+        ``{label: (y_true, y_prob)}``, drawn in the colours of :data:`BEFORE_AFTER_COLOURS` (at most two).
+    out_path : path
+        PNG file to write.
+    n_bins : int, default=10
+        Equal-width probability bins.
+    title : str
+        Figure title.
+
+    Returns
+    -------
+    Path
+        ``out_path``.
+    """
+    _require_before_after(curves)
+    fig = Figure(figsize=(5.5, 6.5), layout="constrained")
+    top, bottom = fig.subplots(2, 1, sharex=True, height_ratios=(3, 1))
+    top.plot([0, 1], [0, 1], linestyle=":", color="grey", label="Perfect calibration")
+    width = 1.0 / n_bins / len(curves)
+    for i, ((name, (y_true, y_prob)), colour) in enumerate(zip(curves.items(), BEFORE_AFTER_COLOURS)):
+        bins = reliability_bins(y_true, y_prob, n_bins)
+        filled = bins["count"] > 0
+        ece = expected_calibration_error(y_true, y_prob, n_bins)
+        top.plot(bins["mean_probability"][filled], bins["observed_frequency"][filled], marker="o", color=colour,
+                 label=f"{name} (ECE {ece:.3f})")
+        bottom.bar(bins["edges"][:-1] + i * width, bins["count"], width=width, align="edge", color=colour)
+    top.set(xlim=(0, 1), ylim=(-0.02, 1.02), title=title, ylabel="Observed frequency of the positive class")
+    top.grid(alpha=0.3)
+    top.legend(loc="upper left", fontsize="small")
+    bottom.set(xlabel="Predicted probability of the positive class", ylabel="Cases")
+    bottom.grid(alpha=0.3)
+    return _save(fig, out_path)
+
+
+@_own_style
+def plot_error_against_age(
+    curves: Mapping[str, tuple[ArrayLike, ArrayLike]], out_path: PathLike, quantity: str = "Age",
+    units: str = "years",
+) -> Path:
+    """Error (predicted - true) against the true value of one or two models (e.g. before and after the de-bias),
+    each with its least-squares line (:func:`nnunet_ext.metrics.calibration.age_bias`); the slope in the legend.
+
+    Parameters
+    ----------
+    curves : dict
+        ``{label: (y_true, y_pred)}``, drawn in the colours of :data:`BEFORE_AFTER_COLOURS` (at most two).
+    out_path : path
+        PNG file to write.
+    quantity, units : str
+        Axis wording.
+
+    Returns
+    -------
+    Path
+        ``out_path``.
+    """
+    _require_before_after(curves)
+    fig = Figure(figsize=(6.5, 4.5), layout="constrained")
+    ax = fig.add_subplot()
+    ax.axhline(0, color="grey", linewidth=0.8)
+    for (name, (y_true, y_pred)), colour in zip(curves.items(), BEFORE_AFTER_COLOURS):
+        truth, pred = paired_vectors(y_true, y_pred, ("y_true", "y_pred"))
+        bias = age_bias(truth, pred)
+        ax.scatter(truth, pred - truth, s=25, alpha=0.8, color=colour)
+        ends = np.array([truth.min(), truth.max()])
+        ax.plot(ends, bias["slope"] * ends + bias["intercept"], color=colour, linewidth=2,
+                label=f"{name}: slope {bias['slope']:+.2f}")
+    axis_label = _with_units(quantity.lower(), units)
+    ax.set(title=f"Error against true {quantity.lower()}", xlabel=f"True {axis_label}",
+           ylabel=f"Predicted − true {axis_label}")
     ax.grid(alpha=0.3)
     ax.legend(loc="best", fontsize="small")
     return _save(fig, out_path)

@@ -126,3 +126,30 @@ def format_metrics_table(
     if notes:
         lines += [""] + [f"- {note}" for note in notes]
     return "\n".join(lines) + "\n"
+
+
+def format_point_table(results: Mapping[str, Mapping[str, float]], labels: Mapping[str, str], digits: int = 3) -> str:
+    """A Markdown table of point estimates without intervals, one row per metric and one column per model.
+
+    Parameters
+    ----------
+    results : dict
+        ``{model_name: {metric: value}}``; the rows are the metrics of the first model.
+    labels : dict
+        Row label of each metric (a metric missing here is shown under its key).
+    digits : int, default=3
+        Decimal places; undefined values read :data:`UNDEFINED_TEXT`.
+
+    Returns
+    -------
+    str
+        Markdown text ending with a newline.
+    """
+    if not results:
+        raise ValueError("no results to tabulate")
+    models = list(results)
+    lines = [f"| Metric | {' | '.join(models)} |", "|---" * (len(models) + 1) + "|"]
+    for name in results[models[0]]:
+        cells = [_format_value(results[model][name], digits) for model in models]
+        lines.append(f"| {labels.get(name, name)} | {' | '.join(cells)} |")
+    return "\n".join(lines) + "\n"

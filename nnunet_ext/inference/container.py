@@ -1,7 +1,9 @@
-"""The FOMO25 challenge container's entry point: ``python /app/predict.py --<sequence> FILE ... --output FILE``.
+"""The FOMO25 / FOMO26 challenge container's entry point: ``python /app/predict.py --<seq> FILE ... --output FILE``.
 
 The challenge calls the container once per session with one flag per image (``--dwi_b1000``, ``--flair``,
-``--adc``, ``--swi`` or ``--t2s``, ``--t1``, ``--t2``); the flags given say the task:
+``--adc``, ``--swi`` or ``--t2s``, ``--t1``, ``--t2``); the flags given say the task (FOMO26 says ``--dwi`` for
+``--dwi_b1000`` and gives Task 3 ``--t1`` alone: both are accepted, and say whose rules apply unless
+``--challenge`` does):
 
 | task | flags | output |
 |---|---|---|
@@ -17,9 +19,10 @@ and preprocessed as in training; a mask is written back in the geometry of the s
 What the challenge's validator checks, and what is written for it: a ``.txt`` holding one float at full precision
 (``repr``: 17 significant digits, so that probabilities never tie in AUROC through rounding; ages are not
 truncated), and a uint8 ``.nii.gz`` mask in {0, 1}. An empty mask (no meningioma found) is a valid prediction that
-the challenge's scoring handles, but the validator's check ``np.unique(mask) == [0, 1]`` fails on it: it is kept
-by default with a warning (``--empty-mask keep``), or refused with exit status 1 (``--empty-mask error``); no fake
-voxel is ever added.
+the challenge's scoring handles, but FOMO25's validator's check ``np.unique(mask) == [0, 1]`` fails on it (FOMO26's
+accepts it): it is kept by default, with a warning under FOMO25's rules (``--empty-mask keep``), or refused with exit
+status 1 (``--empty-mask error``); no fake voxel is ever added. ``--time-budget`` (or the manifest's): the folds and
+mirroring that fit (:mod:`~nnunet_ext.inference.time_budget`).
 """
 
 from __future__ import annotations
@@ -28,8 +31,9 @@ import argparse
 import logging
 import os
 import sys
+import time
 from pathlib import Path
-from typing import Dict, Optional, Sequence
+from typing import Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import SimpleITK as sitk
@@ -37,16 +41,25 @@ import torch
 
 from nnunet_ext.dataset_conversion.tasks import SEGMENTATION, TASKS, Channel, TaskSpec
 from nnunet_ext.errors import FomoInputError, cli_entry
+from nnunet_ext.inference.calibration import NO_CALIBRATION_FLAG
 from nnunet_ext.inference.inputs import session_from_files, task_of
 from nnunet_ext.inference.predict import FoldEnsemble
 from nnunet_ext.inference.runtime import AUTO_DEVICE, DEVICE_CHOICES, resolve_device
 from nnunet_ext.inference.submission import (
+    CHALLENGES,
+    FOLD_RANKING_KEY,
+    FOMO25,
+    FOMO26,
     MODEL_FILES,
+    TIME_BUDGET_KEY,
     fold_checkpoint,
+    optional_model_files,
     read_manifest,
     task_folder,
     verify_exported_files,
 )
+from nnunet_ext.inference.time_budget import apply_time_budget, rank_folds
+from nnunet_ext.utils.arguments import positive_float
 from nnunet_ext.utils.files import atomic_write_text, require_output_folder
 from nnunet_ext.utils.nnunet_paths import DEFAULT_CHECKPOINT
 
@@ -62,8 +75,24 @@ VALUE_SUFFIX = ".txt"
 EMPTY_MASK_KEEP, EMPTY_MASK_ERROR = "keep", "error"
 #: Exit status of ``--empty-mask error`` on an empty mask: the prediction ran, its result is refused.
 EXIT_EMPTY_MASK = 1
-#: Every image flag the challenge uses: the file stems of tasks.py.
-SEQUENCE_FLAGS = tuple(sorted({stem for task in TASKS.values() for channel in task.channels for stem in channel.stems}))
+#: FOMO26's flag for each FOMO25 flag it renamed (FOMO25's flags are the file stems of tasks.py).
+FOMO26_RENAMED_FLAGS = {"dwi_b1000": "dwi"}
+#: The channels FOMO26 no longer gives, per task: brain age takes the T1 alone.
+FOMO26_DROPPED_CHANNELS = {3: ("T2",)}
+
+
+def contract(task: TaskSpec, challenge: str) -> Tuple[Channel, ...]:
+    """The channels the ``challenge``'s validator gives for ``task``, their stems being its flags."""
+    if challenge == FOMO25:
+        return task.channels
+    dropped = FOMO26_DROPPED_CHANNELS.get(task.task_id, ())
+    return tuple(Channel(channel.name, tuple(FOMO26_RENAMED_FLAGS.get(stem, stem) for stem in channel.stems))
+                 for channel in task.channels if channel.name not in dropped)
+
+
+#: Every image flag of either challenge.
+SEQUENCE_FLAGS = tuple(sorted({stem for task in TASKS.values() for challenge in CHALLENGES
+                               for channel in contract(task, challenge) for stem in channel.stems}))
 
 
 def flags_of(channels: Sequence[Channel]) -> str:
@@ -75,15 +104,23 @@ def given_flags(given: Sequence[str]) -> str:
     return " ".join("--" + flag for flag in given)
 
 
-def detect_task(given: Sequence[str]) -> TaskSpec:
-    """The task whose channels the given flags fill exactly (one flag per channel, no flag of another task)."""
+def detect_task(given: Sequence[str]) -> Tuple[TaskSpec, str]:
+    """The task, and the challenge, whose contract the given flags fill exactly (one flag per channel, no other)."""
     for task in TASKS.values():
-        stems = {stem for channel in task.channels for stem in channel.stems}
-        filled = all(sum(stem in given for stem in channel.stems) == 1 for channel in task.channels)
-        if filled and set(given) <= stems:
-            return task
-    expected = "; ".join(f"task {t.task_id}: {flags_of(t.channels)}" for t in TASKS.values())
+        for challenge in CHALLENGES:
+            channels = contract(task, challenge)
+            stems = {stem for channel in channels for stem in channel.stems}
+            if set(given) <= stems and all(sum(stem in given for stem in channel.stems) == 1 for channel in channels):
+                return task, challenge
+    expected = "; ".join(f"task {t.task_id}: {' or '.join(flags_of(contract(t, c)) for c in CHALLENGES)}"
+                         for t in TASKS.values())
     raise FomoInputError(f"the flags {given_flags(given)} match no task ({expected})")
+
+
+def as_file_stems(files: Mapping[str, Path]) -> Dict[str, Path]:
+    """``{flag: file}`` keyed by tasks.py's file stems (FOMO26's ``dwi`` is ``dwi_b1000``), as the reader takes it."""
+    stem_of = {flag: stem for stem, flag in FOMO26_RENAMED_FLAGS.items()}
+    return {stem_of.get(flag, flag): path for flag, path in files.items()}
 
 
 def output_suffix(task: TaskSpec) -> str:
@@ -135,51 +172,75 @@ class EmptyMask(Exception):
 
 def predict_session(files: Dict[str, Path], output: Path, model_root: Path, checkpoint: Optional[str] = None,
                     device: torch.device = torch.device("cpu"), nan_to_zero: bool = False,
-                    empty_mask: str = EMPTY_MASK_KEEP) -> Path:
+                    empty_mask: str = EMPTY_MASK_KEEP, calibrate: bool = True, challenge: Optional[str] = None,
+                    time_budget_s: Optional[float] = None) -> Path:
     """Predict one session (``{flag: file}``) with the fold ensemble of its task and write ``output``.
 
     ``checkpoint`` None: the exported manifest's (or ``checkpoint_final.pth``), with the manifest's folds.
+    ``challenge`` None: the rules of the challenge whose flags were given. ``time_budget_s`` None: the manifest's
+    budget, if any (:mod:`~nnunet_ext.inference.time_budget`).
     """
-    task = detect_task(list(files))
+    started = time.monotonic()
+    task, flags_challenge = detect_task(list(files))
+    rules = challenge or flags_challenge
+    log.info("following %s's container rules (%s)", rules.upper(),
+             "--challenge" if challenge else f"the flags {given_flags(list(files))} are {rules.upper()}'s")
     case_id = output_case_id(output, task, list(files))
     folder = model_folder_for(task, model_root)
     manifest = read_manifest(folder)
     folds = manifest["folds"] if manifest else None
     checkpoint = checkpoint or (manifest["checkpoint"] if manifest else DEFAULT_CHECKPOINT)
     if manifest:
-        verify_exported_files(folder, manifest, [*MODEL_FILES, *(fold_checkpoint(f, checkpoint) for f in folds)])
-    ensemble = FoldEnsemble(folder, folds, checkpoint, device)
+        verify_exported_files(folder, manifest, [*MODEL_FILES, *optional_model_files(folder, manifest),
+                                                 *(fold_checkpoint(f, checkpoint) for f in folds)])
+    ensemble = FoldEnsemble(folder, folds, checkpoint, device, calibrate=calibrate)
     trained_for = task_of(ensemble.dataset_json, folder).task_id
     if trained_for != task.task_id:
         raise FomoInputError(f"holds a task {trained_for} model, the flags ask for task {task.task_id}", folder)
-    session = session_from_files(case_id, files, ensemble.dataset_json, nan_to_zero)
+    session = session_from_files(case_id, as_file_stems(files), ensemble.dataset_json, nan_to_zero)
     data, properties = ensemble.preprocess(session)
+    budget = time_budget_s if time_budget_s is not None else (manifest or {}).get(TIME_BUDGET_KEY)
+    if budget is not None:
+        apply_time_budget(ensemble, fold_ranking(folder, manifest, ensemble), data, budget, started)
     if task.task_type == SEGMENTATION:
         mask = ensemble.segment(data, properties, output.parent / case_id)
         if not np.any(sitk.GetArrayFromImage(sitk.ReadImage(str(mask)))):
             if empty_mask == EMPTY_MASK_ERROR:
                 mask.unlink()
                 raise EmptyMask(f"{mask}: the predicted mask is empty (--empty-mask error)")
-            log.warning("%s: the predicted mask is empty: a valid prediction, but the challenge validator's "
-                        "{0, 1} check reports it (see --empty-mask)", mask)
+            if rules == FOMO26:
+                log.info("%s: the predicted mask is empty: a valid answer under FOMO26's rules", mask)
+            else:
+                log.warning("%s: the predicted mask is empty: a valid prediction, but the FOMO25 validator's "
+                            "{0, 1} check reports it (see --empty-mask)", mask)
         return mask
     value = float(np.mean(ensemble.case_level(data)))
     atomic_write_text(output, f"{value!r}\n")
     return output
 
 
+def fold_ranking(folder: Path, manifest: Optional[Mapping], ensemble: FoldEnsemble) -> List[Union[int, str]]:
+    """The ensemble's folds best first by their out-of-fold results: as exported, else from the folder's
+    validation summaries."""
+    ranked = manifest.get(FOLD_RANKING_KEY) if manifest else None
+    if ranked is None:
+        ranked = rank_folds(folder, ensemble.folds, ensemble.task_type)
+    return [fold for fold in ranked if fold in ensemble.folds]
+
+
 def tasks_of_flag(flag: str) -> str:
-    """``task 1 (DWI), task 2 (DWI)``: which tasks a sequence flag belongs to, for ``--help``."""
-    return ", ".join(f"task {task.task_id} ({channel.name})" for task in TASKS.values() for channel in task.channels
-                     if flag in channel.stems)
+    """``task 1 (DWI, fomo26), task 2 (DWI, fomo26)``: which tasks a sequence flag belongs to, for ``--help``."""
+    return ", ".join(f"task {task.task_id} ({channel.name}, {challenge})" for task in TASKS.values()
+                     for challenge in CHALLENGES for channel in contract(task, challenge) if flag in channel.stems)
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="fomo_challenge_predict", description=__doc__.split("\n\n")[0],
         epilog="Tasks by flags: " + "; ".join(
-            f"task {t.task_id} ({t.target_name}): " + " ".join("--" + "|--".join(c.stems) for c in t.channels)
-            for t in TASKS.values()))
+            f"task {t.task_id} ({t.target_name}): " + " or ".join(
+                f"{' '.join('--' + '|--'.join(c.stems) for c in contract(t, challenge))} ({challenge})"
+                for challenge in CHALLENGES) for t in TASKS.values()))
     for flag in SEQUENCE_FLAGS:
         parser.add_argument(f"--{flag}", type=Path, default=None,
                             help=f"the session's {flag} image (.nii.gz); {tasks_of_flag(flag)}")
@@ -196,9 +257,18 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--nan-to-zero", action="store_true",
                         help="replace NaN/Inf voxels by 0 (and say so) instead of refusing the session")
     parser.add_argument("--empty-mask", choices=(EMPTY_MASK_KEEP, EMPTY_MASK_ERROR), default=EMPTY_MASK_KEEP,
-                        help="task 2, a mask without foreground: keep it with a warning (the challenge scores it; its "
-                             "validator's {0, 1} check reports it), or remove it and exit with status "
-                             f"{EXIT_EMPTY_MASK} (default: %(default)s)")
+                        help="task 2, a mask without foreground: keep it (valid under FOMO26's rules; under FOMO25's "
+                             "the challenge scores it but its validator's {0, 1} check reports it, so it is warned "
+                             f"about), or remove it and exit with status {EXIT_EMPTY_MASK} (default: %(default)s)")
+    parser.add_argument("--challenge", choices=CHALLENGES, default=None,
+                        help="whose container rules to follow (an empty mask is valid under fomo26's); default: the "
+                             "flags' own (--dwi, or task 3's --t1 alone: fomo26; --dwi_b1000, --t1 --t2: fomo25)")
+    parser.add_argument("--time-budget", type=positive_float, default=None, metavar="SECONDS",
+                        help="seconds per case: the folds (best out-of-fold first) and test-time mirroring that fit, "
+                             "measured on this machine at the start of the case (default: the exported manifest's "
+                             "budget, else every fold, mirrored)")
+    parser.add_argument(NO_CALIBRATION_FLAG, action="store_true",
+                        help="tasks 1, 3: do not apply the calibration stored with the model (calibration.json)")
     return parser
 
 
@@ -208,7 +278,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     files = {flag: getattr(args, flag) for flag in SEQUENCE_FLAGS if getattr(args, flag) is not None}
     try:
         written = predict_session(files, args.output, args.model_dir, args.checkpoint,
-                                  resolve_device(args.device, "--device"), args.nan_to_zero, args.empty_mask)
+                                  resolve_device(args.device, "--device"), args.nan_to_zero, args.empty_mask,
+                                  not args.no_calibration, args.challenge, args.time_budget)
     except EmptyMask as e:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_EMPTY_MASK

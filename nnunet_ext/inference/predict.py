@@ -11,6 +11,8 @@ axes) and its preprocessing (``preprocessor.run_case_npy``), so intensities matc
 networks end in global pooling: each whole preprocessed volume goes through them once per mirroring, through the
 same function that validates them during training (``trainers.case_validation.forward_whole_case``).
 Case-level results go to ``predictions.csv`` and ``predictions.json`` with each fold's value beside the ensemble.
+The calibration that ``fomo_find_best_configuration`` stored with the model is applied to each fold's value
+(``nnunet_ext.inference.calibration``; ``--no-calibration`` switches it off).
 """
 
 from __future__ import annotations
@@ -33,9 +35,11 @@ from tqdm import tqdm
 from nnunet_ext.dataset_conversion.tasks import CLASSIFICATION, SEGMENTATION
 from nnunet_ext.env import EXT_TRAINER_VAR, ext_trainer_value
 from nnunet_ext.errors import FomoInputError, cli_entry
+from nnunet_ext.inference.calibration import NO_CALIBRATION_FLAG, stored_calibration
 from nnunet_ext.inference.inputs import CaseSource, discover_cases, restore_source_geometry, task_of
 from nnunet_ext.inference.runtime import AUTO_DEVICE, DEVICE_CHOICES, resolve_device
 from nnunet_ext.preprocessing.registration import register_with_nnunet
+from nnunet_ext.trainers.base import unwrap_network
 from nnunet_ext.trainers.case_validation import forward_whole_case
 from nnunet_ext.trainers.classification import POSITIVE_CLASS
 from nnunet_ext.trainers.regression import standardiser_of
@@ -84,8 +88,9 @@ class FoldEnsemble:
 
     def __init__(self, model_folder: Path, folds: Optional[Sequence[Union[int, str]]],
                  checkpoint: str = DEFAULT_CHECKPOINT, device: Optional[torch.device] = None,
-                 use_mirroring: bool = True):
-        """``device`` None: what the machine has (:func:`~nnunet_ext.inference.runtime.resolve_device` ``auto``)."""
+                 use_mirroring: bool = True, calibrate: bool = True):
+        """``device`` None: what the machine has (:func:`~nnunet_ext.inference.runtime.resolve_device` ``auto``);
+        ``calibrate``: apply the model folder's stored calibration to case-level predictions."""
         require_nnunet_ext_trainers()
         device = resolve_device(AUTO_DEVICE) if device is None else device
         self.folds = list(folds) if folds is not None else \
@@ -99,6 +104,14 @@ class FoldEnsemble:
         self.dataset_json: dict = self.predictor.dataset_json
         self.task_type: str = task_of(self.dataset_json, model_folder).task_type
         self.device = device
+        self.calibration = stored_calibration(model_folder, self.task_type, calibrate)
+
+    def restrict(self, folds: Sequence[Union[int, str]], use_mirroring: bool) -> None:
+        """Predict with ``folds`` only (of those loaded), mirrored or not: what a time budget chose."""
+        parameters = dict(zip(self.folds, self.predictor.list_of_parameters))
+        self.predictor.list_of_parameters = [parameters[f] for f in folds]
+        self.folds = list(folds)
+        self.predictor.use_mirroring = use_mirroring
 
     def read(self, case: CaseSource) -> Tuple[np.ndarray, dict]:
         """The case's raw images and reader properties, read with the plans' reader."""
@@ -132,11 +145,12 @@ class FoldEnsemble:
         volume = torch.from_numpy(data).to(self.device)
         values = []
         for parameters in self.predictor.list_of_parameters:
-            network.load_state_dict(parameters)
+            # under nnUNet_compile the predictor holds torch.compile's wrapper, whose keys carry '_orig_mod.'
+            unwrap_network(network).load_state_dict(parameters)
             with torch.autocast(self.device.type, enabled=self.device.type == "cuda"):
                 output = forward_whole_case(network, volume, mirror_axes)
             values.append(self._decode(output))
-        return values
+        return self.calibration.apply(values) if self.calibration else values
 
     def segmentation_logits(self, data: np.ndarray) -> torch.Tensor:
         """The fold-averaged logits of one preprocessed case (nnU-Net's sliding window), on the CPU."""
@@ -245,9 +259,9 @@ def predict_cases(ensemble: FoldEnsemble, cases: Sequence[CaseSource], output_di
 
 def predict_folder(input_dir: Path, output_dir: Path, model_folder: Path, folds: Optional[Sequence[Union[int, str]]],
                    checkpoint: str = DEFAULT_CHECKPOINT, device: Optional[torch.device] = None,
-                   use_mirroring: bool = True, nan_to_zero: bool = False) -> List[Path]:
+                   use_mirroring: bool = True, nan_to_zero: bool = False, calibrate: bool = True) -> List[Path]:
     """Predict every case of ``input_dir`` (nnU-Net-style or FOMO layout) with the folds of ``model_folder``."""
-    ensemble = FoldEnsemble(model_folder, folds, checkpoint, device, use_mirroring)
+    ensemble = FoldEnsemble(model_folder, folds, checkpoint, device, use_mirroring, calibrate)
     cases = discover_cases(input_dir, ensemble.dataset_json, nan_to_zero)
     log.info("predicting %d case(s) with fold(s) %s of %s", len(cases), ensemble.folds, model_folder)
     return predict_cases(ensemble, cases, output_dir)
@@ -285,6 +299,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--nan-to-zero", action="store_true",
                         help="replace NaN/Inf voxels by 0 (and say so) instead of refusing the case, as "
                              "fomo_convert's flag")
+    parser.add_argument(NO_CALIBRATION_FLAG, action="store_true",
+                        help="classification, regression: do not apply the calibration fomo_find_best_configuration "
+                             "stored with the model (calibration.json)")
     return parser
 
 
@@ -294,6 +311,6 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     device = resolve_device(args.device)
     model_folder = trained_model_folder(args.dataset, args.trainer, args.plans, args.configuration)
     written = predict_folder(args.input, args.output, model_folder, parse_folds(args.folds), args.checkpoint,
-                             device, not args.disable_tta, args.nan_to_zero)
+                             device, not args.disable_tta, args.nan_to_zero, not args.no_calibration)
     log.info("wrote %d file(s) to %s", len(written), args.output)
     return 0

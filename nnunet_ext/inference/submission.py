@@ -21,13 +21,18 @@ from pathlib import Path
 from typing import Dict, List, Mapping, Optional, Sequence, Set, Union
 
 import torch
+from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
 
 from nnunet_ext import __version__
 from nnunet_ext.dataset_conversion.tasks import TASKS
 from nnunet_ext.errors import FomoInputError, cli_entry
+from nnunet_ext.inference.calibration import CALIBRATION_JSON
 from nnunet_ext.inference.inputs import task_of
 from nnunet_ext.inference.predict import add_model_arguments, parse_folds
+from nnunet_ext.inference.time_budget import rank_folds
+from nnunet_ext.preprocessing.fomo_plans import FOMO_PLANS_KEY, FomoPlansBlock
 from nnunet_ext.pretrained.checkpoint_io import sha256_of_file
+from nnunet_ext.utils.arguments import positive_float
 from nnunet_ext.utils.files import atomic_directory, atomic_write_json, require_output_folder
 from nnunet_ext.utils.nnunet_paths import (
     DEFAULT_CHECKPOINT,
@@ -46,7 +51,16 @@ SHA256_KEY = "sha256"
 MANIFEST_KEYS_READ = ("folds", "checkpoint", SHA256_KEY)
 #: The files of a trained model folder that prediction reads, besides each fold's checkpoint.
 MODEL_FILES = ("dataset.json", "plans.json")
+#: The files of a trained model folder that prediction reads when they are there: the calibration that
+#: fomo_find_best_configuration fits.
+OPTIONAL_MODEL_FILES = (CALIBRATION_JSON,)
 BYTES_PER_MB = 1024 ** 2
+#: Whose container rules a submission follows (``--challenge``): FOMO26's ask one pretrained checkpoint for every task.
+FOMO25, FOMO26 = "fomo25", "fomo26"
+CHALLENGES = (FOMO25, FOMO26)
+#: Manifest keys: the pretrained checkpoint the model started from (``{"sha256", "path"}`` or null: from scratch),
+#: the time budget per case the container applies, and the folds best first by their out-of-fold results.
+PRETRAINED_KEY, TIME_BUDGET_KEY, FOLD_RANKING_KEY = "pretrained", "time_budget_s", "fold_ranking"
 #: Exported files whose sha256 matched their manifest in this process (see :func:`verify_exported_files`).
 _verified_files: Set[Path] = set()
 #: What nnU-Net's predictor reads of a checkpoint (``initialize_from_trained_model_folder``), and the epoch for
@@ -101,6 +115,12 @@ def verify_exported_files(folder: Path, manifest: Mapping, names: Sequence[str])
         _verified_files.add(path.resolve())
 
 
+def optional_model_files(folder: Path, manifest: Optional[Mapping] = None) -> List[str]:
+    """The :data:`OPTIONAL_MODEL_FILES` that ``folder`` holds or its ``manifest`` records (verified if recorded)."""
+    recorded = manifest.get(SHA256_KEY, {}) if manifest else {}
+    return [name for name in OPTIONAL_MODEL_FILES if (folder / name).is_file() or name in recorded]
+
+
 def fold_checkpoint(fold: Union[int, str], checkpoint: str) -> str:
     """``fold_X/<checkpoint>``: a fold's checkpoint, relative to the model folder (as the manifest names it)."""
     return f"fold_{fold}/{checkpoint}"
@@ -115,7 +135,7 @@ def files_to_export(model_folder: Path, folds: Sequence[Union[int, str]], checkp
     absent = [name for name in MODEL_FILES if not (model_folder / name).is_file()]
     if absent:
         raise FomoInputError(f"not a complete nnU-Net model folder: {absent} missing", model_folder)
-    return [*MODEL_FILES, *(fold_checkpoint(f, checkpoint) for f in folds)]
+    return [*MODEL_FILES, *optional_model_files(model_folder), *(fold_checkpoint(f, checkpoint) for f in folds)]
 
 
 def refuse_overlap(model_dir: Path, source: Path) -> None:
@@ -134,6 +154,53 @@ def refuse_overlap(model_dir: Path, source: Path) -> None:
                          "folder outside it, which the export fills with task<N>/ only", model_dir)
 
 
+def pretrained_record(model_folder: Path, configuration: str, challenge: str) -> Dict[str, Optional[Dict[str, str]]]:
+    """``{PRETRAINED_KEY: {"sha256", "path"}}`` of the checkpoint the model's FOMO plans start from (None: from
+    scratch). Plans without a FOMO block (nnU-Net's own) record nothing under FOMO25's rules; FOMO26's need the
+    record, and refuse them."""
+    plans = PlansManager(str(model_folder / "plans.json")).get_configuration(configuration).configuration
+    if FOMO_PLANS_KEY not in plans and challenge == FOMO25:
+        return {}
+    spec = FomoPlansBlock.from_configuration(plans).pretrained
+    return {PRETRAINED_KEY: None if spec is None else {"sha256": spec.sha256, "path": spec.path}}
+
+
+def _checkpoint_name(pretrained: Optional[Mapping]) -> str:
+    return "no pretrained checkpoint" if pretrained is None else \
+        f"pretrained checkpoint {pretrained['path']} (sha256 {pretrained['sha256'][:12]}...)"
+
+
+def refuse_other_pretrained(model_dir: Path, task_id: int, pretrained: Optional[Mapping]) -> None:
+    """FOMO26's rule: refuse a model whose pretrained checkpoint (by sha256) is not the one every other task's model
+    in ``model_dir`` was trained from."""
+    for task in sorted(set(TASKS) - {task_id}):
+        manifest = read_manifest(task_folder(model_dir, task))
+        if manifest is None:
+            continue
+        if PRETRAINED_KEY not in manifest:
+            raise FomoInputError(f"task{task}/ was exported without a record of its pretrained checkpoint, which "
+                                 f"FOMO26's one-checkpoint rule needs: export task {task} again", model_dir)
+        other = manifest[PRETRAINED_KEY]
+        if (other or {}).get("sha256") != (pretrained or {}).get("sha256"):
+            raise FomoInputError(f"the task {task_id} model starts from {_checkpoint_name(pretrained)}, task{task}/ "
+                                 f"from {_checkpoint_name(other)}: FOMO26 asks one pretrained checkpoint for every "
+                                 f"task (fine-tune both from the same one, or export with --challenge {FOMO25})",
+                                 model_dir)
+
+
+def exported_fold_ranking(model_folder: Path, folds: Sequence[Union[int, str]], task_type: str,
+                          time_budget_s: Optional[float]) -> Optional[List[Union[int, str]]]:
+    """The folds best first by their out-of-fold results, for the container's time budget; None (said) when a
+    fold has no validation summary and no budget was asked for."""
+    try:
+        return rank_folds(model_folder, folds, task_type)
+    except FomoInputError as e:
+        if time_budget_s is not None:
+            raise
+        log.info("no out-of-fold ranking of the folds recorded (%s): the container will refuse --time-budget", e)
+        return None
+
+
 def export_checkpoint(source: Path, target: Path) -> None:
     """Write the prediction part of the training checkpoint ``source`` to ``target``."""
     # nnU-Net's checkpoints hold plain Python objects beside tensors; nnU-Net loads them the same way
@@ -150,25 +217,32 @@ def export_checkpoint(source: Path, target: Path) -> None:
 def export_submission(task_id: int, dataset: str, trainer: str, model_dir: Path, plans: str = DEFAULT_PLANS,
                       configuration: str = DEFAULT_CONFIGURATION,
                       folds: Sequence[Union[int, str]] = tuple(parse_folds(DEFAULT_FOLDS)),
-                      checkpoint: str = DEFAULT_CHECKPOINT) -> Path:
-    """Copy one trained model's prediction files into ``model_dir/task<task_id>/`` (replaced only once complete)."""
+                      checkpoint: str = DEFAULT_CHECKPOINT, challenge: str = FOMO26,
+                      time_budget_s: Optional[float] = None) -> Path:
+    """Copy one trained model's prediction files into ``model_dir/task<task_id>/`` (replaced only once complete);
+    under FOMO26's rules refuse a model from another pretrained checkpoint than the other tasks' in ``model_dir``.
+    ``time_budget_s``: the container's budget per case (:mod:`~nnunet_ext.inference.time_budget`)."""
     if task_id not in TASKS:
         raise FomoInputError(f"unknown FOMO task {task_id}; expected one of {sorted(TASKS)}")
     model_folder = trained_model_folder(dataset, trainer, plans, configuration)
     dataset_json_path = model_folder / "dataset.json"
     if not dataset_json_path.is_file():
         raise FomoInputError("not a trained nnU-Net model folder: dataset.json missing", model_folder)
-    trained_for = task_of(json.loads(dataset_json_path.read_text()), dataset_json_path).task_id
-    if trained_for != task_id:
-        raise FomoInputError(f"holds a task {trained_for} model, not task {task_id}", model_folder)
+    task = task_of(json.loads(dataset_json_path.read_text()), dataset_json_path)
+    if task.task_id != task_id:
+        raise FomoInputError(f"holds a task {task.task_id} model, not task {task_id}", model_folder)
     files = files_to_export(model_folder, folds, checkpoint)
     refuse_overlap(model_dir, model_folder)
+    pretrained = pretrained_record(model_folder, configuration, challenge)
+    if challenge == FOMO26:
+        refuse_other_pretrained(model_dir, task_id, pretrained[PRETRAINED_KEY])
+    ranking = exported_fold_ranking(model_folder, folds, task.task_type, time_budget_s)
     target = task_folder(require_output_folder(model_dir), task_id)
     with atomic_directory(target, overwrite=True) as tmp:
         hashes: Dict[str, str] = {}
         for name in files:
             (tmp / name).parent.mkdir(parents=True, exist_ok=True)
-            if name in MODEL_FILES:
+            if name in MODEL_FILES or name in OPTIONAL_MODEL_FILES:
                 shutil.copy2(model_folder / name, tmp / name)
             else:
                 export_checkpoint(model_folder / name, tmp / name)
@@ -176,7 +250,8 @@ def export_submission(task_id: int, dataset: str, trainer: str, model_dir: Path,
         atomic_write_json(tmp / MANIFEST, {
             "task_id": task_id, "dataset": model_folder.parent.name, "trainer": trainer, "plans": plans,
             "configuration": configuration, "folds": list(folds), "checkpoint": checkpoint, SHA256_KEY: hashes,
-            "source": str(model_folder), "nnunet_ext_version": __version__,
+            "source": str(model_folder), "nnunet_ext_version": __version__, **pretrained, "challenge": challenge,
+            TIME_BUDGET_KEY: time_budget_s, FOLD_RANKING_KEY: ranking,
             "exported": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         })
     return target
@@ -195,6 +270,13 @@ def build_parser() -> argparse.ArgumentParser:
     add_model_arguments(parser, "folds to export; the container averages them")
     parser.add_argument("-o", "--output", type=Path, required=True,
                         help="MODEL_DIR: receives task<N>/ (replaced if present); one MODEL_DIR holds all three tasks")
+    parser.add_argument("--challenge", choices=CHALLENGES, default=FOMO26,
+                        help=f"whose rules the submission follows; {FOMO26}: refuse a model fine-tuned from another "
+                             "pretrained checkpoint than the other tasks' in MODEL_DIR (one checkpoint for every task)")
+    parser.add_argument("--time-budget", type=positive_float, default=None, metavar="SECONDS",
+                        help="seconds per case the container keeps to: it predicts with the folds (best out-of-fold "
+                             "first) and test-time mirroring that fit, measured at the start of each case "
+                             "(default: no budget, every exported fold mirrored)")
     return parser
 
 
@@ -202,7 +284,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     target = export_submission(args.task, args.dataset, args.trainer, args.output, args.plans, args.configuration,
-                               args.folds, args.checkpoint)
-    print(f"exported task {args.task} ({len(args.folds)} fold(s), {args.checkpoint}) to {target}: "
-          f"{folder_size_mb(target):.1f} MB")
+                               args.folds, args.checkpoint, args.challenge, args.time_budget)
+    print(f"exported task {args.task} ({len(args.folds)} fold(s), {args.checkpoint}) to {target} for "
+          f"{args.challenge.upper()}'s rules: {folder_size_mb(target):.1f} MB")
     return 0

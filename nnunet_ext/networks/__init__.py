@@ -1,8 +1,9 @@
-"""Networks: the FOMO25 UNet-B / UNet-XL and its image-level heads."""
+"""Networks: the FOMO25 UNet-B / UNet-XL, the FOMO26 / nnssl residual-encoder U-Net, and their image-level heads."""
 
 from __future__ import annotations
 
 from nnunet_ext.networks.heads import PoolingHead
+from nnunet_ext.networks.resenc import RESENC_PRESETS, FomoResEncUNet
 from nnunet_ext.networks.unet import (
     CLASSIFICATION,
     DECODER_LAYOUTS,
@@ -14,5 +15,5 @@ from nnunet_ext.networks.unet import (
     FomoUNet,
 )
 
-__all__ = ["FomoUNet", "PoolingHead", "MODEL_PRESETS", "DECODER_LAYOUTS", "FOMO_N_STAGES", "TASK_TYPES",
-           "SEGMENTATION", "CLASSIFICATION", "REGRESSION"]
+__all__ = ["FomoUNet", "FomoResEncUNet", "PoolingHead", "MODEL_PRESETS", "RESENC_PRESETS", "DECODER_LAYOUTS",
+           "FOMO_N_STAGES", "TASK_TYPES", "SEGMENTATION", "CLASSIFICATION", "REGRESSION"]

@@ -10,17 +10,24 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-import numpy as np
-import torch
 from dynamic_network_architectures.building_blocks.plain_conv_encoder import PlainConvEncoder
-from dynamic_network_architectures.building_blocks.unet_decoder import UNetDecoder
 from dynamic_network_architectures.initialization.weight_init import InitWeights_He
 from torch import nn
 
 from nnunet_ext.dataset_conversion.tasks import CLASSIFICATION, PRETRAINING, REGRESSION, SEGMENTATION
-from nnunet_ext.errors import FomoInputError
 from nnunet_ext.networks.blocks import CONV_KERNEL_SIZE, LEAKY_RELU_SLOPE, LEVEL_SCALE, POOLING, fomo_layer_kwargs
-from nnunet_ext.networks.heads import POOLINGS, PoolingHead
+from nnunet_ext.networks.task_network import (
+    DECODER_TASK_TYPES,
+    DEFAULT_HEAD_POOLING,
+    RECONSTRUCTION_CHANNELS,
+    TASK_TYPES,
+    EncoderWithTop,
+    require,
+    validate_task_options,
+)
+
+__all__ = ["CLASSIFICATION", "PRETRAINING", "REGRESSION", "SEGMENTATION", "TASK_TYPES", "DECODER_TASK_TYPES",
+           "RECONSTRUCTION_CHANNELS", "DEFAULT_HEAD_POOLING", "FomoUNet"]
 
 #: Starting filters of the published models; every level doubles them.
 MODEL_PRESETS: dict[str, int] = {"unet_b": 32, "unet_xl": 64}
@@ -31,17 +38,10 @@ FOMO_N_STAGES = 5
 #: Conv layers per encoder block in the pretrained network.
 ENCODER_CONVS = 2
 
-TASK_TYPES = (SEGMENTATION, CLASSIFICATION, REGRESSION, PRETRAINING)
-#: Task types whose network has the decoder (the others end in an image-level head).
-DECODER_TASK_TYPES = (SEGMENTATION, PRETRAINING)
-#: Output channels of the pretraining network: the reconstruction of its one input channel.
-RECONSTRUCTION_CHANNELS = 1
 #: The network is 3D.
 SPATIAL_DIMS = 3
 #: Encoder level(s) pooled by the image-level head by default: the bottleneck of the 5-level network.
 DEFAULT_HEAD_POOL_LEVELS: tuple[int, ...] = (FOMO_N_STAGES - 1,)
-#: The head's global pooling by default: the FOMO baseline's average (see heads.PoolingHead for the others).
-DEFAULT_HEAD_POOLING = "avg"
 
 #: nnU-Net's He initialisation, with the slope of the network's LeakyReLU.
 _HE_INIT = InitWeights_He(neg_slope=LEAKY_RELU_SLOPE)
@@ -79,11 +79,10 @@ def fomo_strides(n_stages: int) -> list[list[int]]:
 
 def _require(condition: bool, message: str) -> None:
     """Refuse an invalid architecture argument (they come from plans files, i.e. user input)."""
-    if not condition:
-        raise FomoInputError(f"FomoUNet: {message}")
+    require(condition, "FomoUNet", message)
 
 
-class FomoUNet(nn.Module):
+class FomoUNet(EncoderWithTop):
     """The FOMO25 UNet: ``n_stages`` levels (5 as pretrained: f, 2f, 4f, 8f, 16f channels), then a decoder or a head.
 
     ``task_type`` "segmentation" builds encoder + decoder and returns logits [B, num_classes, X, Y, Z] (a list
@@ -122,41 +121,20 @@ class FomoUNet(nn.Module):
             input_channels, n_stages, features, kernel_sizes=CONV_KERNEL_SIZE,
             strides=fomo_strides(n_stages), n_conv_per_stage=ENCODER_CONVS,
             return_skips=True, pool=POOLING, **layer_kwargs)
-        if task_type in DECODER_TASK_TYPES:
-            # DNA's decoder concatenates [upsampled, skip], FOMO's order; its seg_layers[-1] is the output conv.
-            self.decoder = UNetDecoder(self.encoder, num_classes, decoder_convs, deep_supervision)
-            if task_type == PRETRAINING:
-                # Without deep supervision DNA uses seg_layers[-1] only; the others would hold untrained tensors.
-                for index in range(len(self.decoder.seg_layers) - 1):
-                    self.decoder.seg_layers[index] = nn.Identity()
-        else:
-            self.head = PoolingHead(features, head_pool_levels, num_classes, head_dropout, head_pooling)
+        self._attach_top(num_classes, decoder_convs, deep_supervision, features, head_pool_levels, head_dropout,
+                         head_pooling)
 
     @staticmethod
     def _validate(input_channels: int, num_classes: int, starting_filters: int, decoder_convs: int,
                   task_type: str, deep_supervision: bool, head_dropout: float,
                   head_pool_levels: tuple[int, ...], n_stages: int, head_pooling: str) -> None:
         """Refuse arguments that are invalid or that would be silently ignored."""
-        for name, value in (("input_channels", input_channels), ("num_classes", num_classes),
-                            ("starting_filters", starting_filters), ("decoder_convs", decoder_convs)):
+        for name, value in (("input_channels", input_channels), ("starting_filters", starting_filters),
+                            ("decoder_convs", decoder_convs)):
             _require(isinstance(value, int) and value >= 1, f"{name} must be a positive integer, got {value!r}")
         _require(isinstance(n_stages, int) and n_stages >= 2, f"n_stages must be an integer >= 2, got {n_stages!r}")
-        _require(task_type in TASK_TYPES, f"task_type must be one of {TASK_TYPES}, got {task_type!r}")
-        if task_type == PRETRAINING:
-            _require(num_classes == RECONSTRUCTION_CHANNELS and not deep_supervision,
-                     f"the pretraining network reconstructs its input: num_classes must be {RECONSTRUCTION_CHANNELS} "
-                     f"and deep supervision off, got {num_classes} and {deep_supervision}")
-        if task_type in DECODER_TASK_TYPES:
-            _require(head_dropout == 0.0 and head_pool_levels == DEFAULT_HEAD_POOL_LEVELS
-                     and head_pooling == DEFAULT_HEAD_POOLING,
-                     "head_dropout / head_pool_levels / head_pooling apply to classification and regression only")
-            return
-        _require(not deep_supervision, f"deep supervision needs a decoder, which {task_type} does not build")
-        _require(0.0 <= head_dropout < 1.0, f"head_dropout must be in [0, 1), got {head_dropout!r}")
-        _require(len(head_pool_levels) > 0 and len(set(head_pool_levels)) == len(head_pool_levels)
-                 and all(0 <= level < n_stages for level in head_pool_levels),
-                 f"head_pool_levels must be distinct levels in 0..{n_stages - 1}, got {head_pool_levels!r}")
-        _require(head_pooling in POOLINGS, f"head_pooling must be one of {POOLINGS}, got {head_pooling!r}")
+        validate_task_options("FomoUNet", num_classes, task_type, deep_supervision, head_dropout, head_pool_levels,
+                              DEFAULT_HEAD_POOL_LEVELS, n_stages, head_pooling)
 
     @staticmethod
     def initialize(module: nn.Module) -> None:
@@ -165,17 +143,3 @@ class FomoUNet(nn.Module):
         It runs before any pretrained transfer, so it never overwrites transferred weights.
         """
         _HE_INIT(module)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor | list[torch.Tensor]:
-        """Segmentation logits (a list with deep supervision) or image-level outputs [B, num_classes]."""
-        skips = self.encoder(x)
-        if self.task_type in DECODER_TASK_TYPES:
-            return self.decoder(skips)
-        return self.head(skips)
-
-    def compute_conv_feature_map_size(self, input_size: Sequence[int]) -> np.int64:
-        """Number of feature-map voxels for one input patch (nnU-Net's planners estimate memory with it)."""
-        size = self.encoder.compute_conv_feature_map_size(input_size)
-        if self.task_type in DECODER_TASK_TYPES:
-            size += self.decoder.compute_conv_feature_map_size(input_size)
-        return size

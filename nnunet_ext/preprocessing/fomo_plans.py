@@ -45,7 +45,7 @@ class PretrainedSpec:
 
     path: str  # absolute
     sha256: str
-    model: str  # unet_b | unet_xl
+    model: str  # unet_b | unet_xl | resenc_unet_s, _b, _l, _h, _g
     decoder_layout: str  # unet_b_lw_dec | unet_b
     starting_filters: int
 

@@ -26,14 +26,16 @@ from nnunetv2.paths import nnUNet_preprocessed, nnUNet_raw
 from nnunetv2.utilities.dataset_name_id_conversion import convert_id_to_dataset_name
 
 from nnunet_ext.errors import FomoInputError, cli_entry
-from nnunet_ext.networks import DECODER_LAYOUTS, MODEL_PRESETS
+from nnunet_ext.networks import DECODER_LAYOUTS
 from nnunet_ext.networks.heads import POOLINGS
-from nnunet_ext.networks.unet import DEFAULT_HEAD_POOL_LEVELS, DEFAULT_HEAD_POOLING
+from nnunet_ext.networks.unet import DEFAULT_HEAD_POOLING
 from nnunet_ext.preprocessing.fingerprint import FomoFingerprintExtractor
 from nnunet_ext.preprocessing.folders import require_input_folder, require_writable_folder
 from nnunet_ext.preprocessing.planner import (
+    BATCH_SIZE,
     FULLRES,
     MAX_PATCH_TO_MEDIAN_RATIO,
+    MODEL_CHOICES,
     PRETRAINING_SPACING_MM,
     FomoPlanner,
     FomoPlanSettings,
@@ -96,18 +98,23 @@ def build_parser() -> argparse.ArgumentParser:
                              "the field of 160 x 192 x 160 voxels at 1 mm at the planned spacing, capped by the median "
                              "image shape)")
     parser.add_argument("--pretrained", type=Path, metavar="CKPT",
-                        help="FOMO checkpoint the trainers start from; its path and sha256 go into the plans")
-    parser.add_argument("--model", choices=sorted(MODEL_PRESETS), default="unet_b",
-                        help="network width preset (unet_b: 32 starting filters, unet_xl: 64)")
+                        help="checkpoint the trainers start from (FOMO25 UNet, FOMO26 resenc Lightning .ckpt, nnssl "
+                             "checkpoint, or an nnU-Net checkpoint of ours); its path and sha256 go into the plans")
+    parser.add_argument("--model", choices=MODEL_CHOICES, default="unet_b",
+                        help="network: the FOMO25 UNet (unet_b: 32 starting filters, unet_xl: 64) or the FOMO26 / "
+                             "nnssl residual-encoder U-Net (resenc_unet_b: 6 stages of 32-320 features with 1, 3, 4, "
+                             "6, 6, 6 residual blocks, also nnssl's ResEnc-L; resenc_unet_s/_l/_h/_g: the other "
+                             "sizes); fomo_inspect_checkpoint names a checkpoint's")
     parser.add_argument("--starting-filters", type=int, metavar="N",
-                        help="override the preset's starting filters (small values keep tests fast)")
+                        help="override the preset's starting filters (a resenc model scales every stage alike; "
+                             "small values keep tests fast)")
     parser.add_argument("--decoder-layout", choices=sorted(DECODER_LAYOUTS), default="unet_b_lw_dec",
                         help="convs per decoder block: unet_b_lw_dec 1 (the pretraining default), unet_b 2")
     parser.add_argument("--head-dropout", type=float, default=0.0,
                         help="dropout before the classification / regression head's linear layer")
-    parser.add_argument("--head-pool-levels", type=int, nargs="+", default=list(DEFAULT_HEAD_POOL_LEVELS),
-                        metavar="LEVEL", help="encoder levels (0-4) the classification / regression head pools "
-                                              "(default: 4, the bottleneck)")
+    parser.add_argument("--head-pool-levels", type=int, nargs="+", metavar="LEVEL",
+                        help="encoder levels the classification / regression head pools (0-4 for a UNet, 0-5 for "
+                             "a resenc model; default: the bottleneck, 4 or 5)")
     parser.add_argument("--head-pooling", choices=POOLINGS, default=DEFAULT_HEAD_POOLING,
                         help="global pooling of each pooled level: avg (the FOMO baseline's), max (keeps whether a "
                              "pattern occurs anywhere, which instance norm leaves the average blind to) or avgmax "
@@ -117,6 +124,9 @@ def build_parser() -> argparse.ArgumentParser:
                              "channel 0, the others start at zero and learn: channel 0 is an image the encoder has "
                              "seen), average (the kernel / C on every channel: the encoder sees the mean of the "
                              "contrasts, in which e.g. T1 and T2 cancel) or copy (the kernel on every channel)")
+    parser.add_argument("--batch-size", type=int_at_least(1), default=BATCH_SIZE, metavar="N",
+                        help=f"cases per optimiser step (default {BATCH_SIZE}); DDP splits it over the GPUs, so plan "
+                             "GPUs x cases per GPU for `-num_gpus` / fomo_train_ddp (e.g. 8 for 4 GPUs at 2 each)")
     parser.add_argument("--plans-name", default=DEFAULT_PLANS_NAME,
                         help=f"plans identifier (default {DEFAULT_PLANS_NAME!r}, what nnUNetv2_train uses without -p)")
     parser.add_argument("-np", "--num-processes", type=int_at_least(1), default=default_num_processes,
@@ -146,9 +156,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         spacing=spacing,
         pretrained=args.pretrained,
         head_dropout=args.head_dropout,
-        head_pool_levels=tuple(args.head_pool_levels),
+        head_pool_levels=None if args.head_pool_levels is None else tuple(args.head_pool_levels),
         head_pooling=args.head_pooling,
         channel_adaptation=args.channel_adaptation,
+        batch_size=args.batch_size,
     )
     plans_file = fomo_plan_and_preprocess(args.dataset, settings, args.plans_name, args.num_processes,
                                           args.verify_dataset_integrity)

@@ -35,16 +35,17 @@ from nnunet_ext.dataset_conversion.tasks import FOMO_KEY, PRETRAINING
 from nnunet_ext.errors import FomoInputError
 from nnunet_ext.networks import DECODER_LAYOUTS, FOMO_N_STAGES, MODEL_PRESETS, SEGMENTATION, TASK_TYPES
 from nnunet_ext.networks.heads import POOLINGS
+from nnunet_ext.networks.resenc import RESENC_CLASS_NAME, RESENC_PRESETS, FomoResEncUNet, scaled_features
 from nnunet_ext.networks.unet import (
     DECODER_TASK_TYPES,
     DEFAULT_HEAD_POOLING,
-    DEFAULT_HEAD_POOL_LEVELS,
     FomoUNet,
     fomo_strides,
 )
 from nnunet_ext.preprocessing.fomo_plans import FOMO_PLANS_KEY, FomoPlansBlock, HeadSpec, PretrainedSpec
 from nnunet_ext.preprocessing.normalization import FomoPretrainingNormalization
 from nnunet_ext.pretrained import load_fomo_state_dict, sha256_of_file
+from nnunet_ext.pretrained import resenc_layout
 from nnunet_ext.pretrained.fomo_layout import detect_layout
 from nnunet_ext.pretrained.key_mapping import CHANNEL_ADAPTATIONS, DEFAULT_CHANNEL_ADAPTATION, transfer_fomo_weights
 
@@ -84,6 +85,8 @@ BATCH_SIZE = 2
 AUGMENTATION_WORKERS_ENV = "nnUNet_n_proc_DA"
 #: Dotted path nnU-Net resolves with ``pydoc.locate`` to build the network from the plans.
 NETWORK_CLASS_NAME = "nnunet_ext.networks.FomoUNet"
+#: ``--model`` choices: the FOMO25 UNets, then the residual-encoder sizes of FOMO26 / nnssl.
+MODEL_CHOICES = (*sorted(MODEL_PRESETS), *RESENC_PRESETS)
 
 Shape = Union[Sequence[int], np.ndarray]
 
@@ -98,10 +101,10 @@ def patch_size_problem(patch_size: Sequence[int], n_stages: int = FOMO_N_STAGES)
             f"{minimum} (training needs more than one bottleneck voxel per axis)")
 
 
-def validate_patch_size(patch_size: Sequence[int]) -> Tuple[int, int, int]:
-    """Return ``patch_size`` as a tuple, or refuse it for the FOMO network (see :func:`patch_size_problem`)."""
+def validate_patch_size(patch_size: Sequence[int], n_stages: int = FOMO_N_STAGES) -> Tuple[int, int, int]:
+    """Return ``patch_size`` as a tuple, or refuse it for a network of ``n_stages`` (see :func:`patch_size_problem`)."""
     patch = tuple(int(edge) for edge in patch_size)
-    problem = patch_size_problem(patch)
+    problem = patch_size_problem(patch, n_stages)
     if problem is not None:
         raise FomoInputError(f"patch size {list(patch_size)} {problem}")
     return patch  # type: ignore[return-value]
@@ -117,24 +120,29 @@ def validate_spacing(spacing: Sequence[float]) -> Tuple[float, float, float]:
     return values  # type: ignore[return-value]
 
 
-def _round_up(edge: float) -> int:
-    return PATCH_DIVISOR * math.ceil(edge / PATCH_DIVISOR - 1e-9)
+def _round_up(edge: float, n_stages: int = FOMO_N_STAGES) -> int:
+    divisor = patch_divisor(n_stages)
+    return divisor * math.ceil(edge / divisor - 1e-9)
 
 
 def default_patch_size(median_shape: Shape, spacing: Sequence[float] = PRETRAINING_SPACING_MM,
-                       field: Sequence[int] = DEFAULT_PATCH_SIZE) -> Tuple[int, int, int]:
+                       field: Sequence[int] = DEFAULT_PATCH_SIZE, n_stages: int = FOMO_N_STAGES
+                       ) -> Tuple[int, int, int]:
     """The ``field`` (voxels at 1 mm; :data:`DEFAULT_PATCH_SIZE`, or :data:`PRETRAINING_PATCH_SIZE` for a
     pretraining pool) in voxels of ``spacing``, each axis capped by the median image shape; rounded up to multiples
-    of the divisor, at least :data:`MIN_PATCH_EDGE`."""
-    return tuple(max(MIN_PATCH_EDGE, min(_round_up(default * pretraining / s), _round_up(median)))
+    of the divisor of a network of ``n_stages``, at least its :func:`min_patch_edge`."""
+    return tuple(max(min_patch_edge(n_stages), min(_round_up(default * pretraining / s, n_stages),
+                                                   _round_up(median, n_stages)))
                  for default, pretraining, s, median in zip(field, PRETRAINING_SPACING_MM, spacing,
                                                             median_shape))  # type: ignore[return-value]
 
 
-def check_patch_fits_median(patch_size: Sequence[int], median_shape: Shape) -> None:
+def check_patch_fits_median(patch_size: Sequence[int], median_shape: Shape, n_stages: int = FOMO_N_STAGES) -> None:
     """Refuse an explicit patch with an edge over :data:`MAX_PATCH_TO_MEDIAN_RATIO` times the median image edge
-    (rounded up to the divisor, and never below :data:`MIN_PATCH_EDGE`, which any dataset may use)."""
-    limit = [max(MIN_PATCH_EDGE, _round_up(MAX_PATCH_TO_MEDIAN_RATIO * median)) for median in median_shape]
+    (rounded up to the divisor, and never below the :func:`min_patch_edge` of a network of ``n_stages``, which any
+    dataset may use)."""
+    limit = [max(min_patch_edge(n_stages), _round_up(MAX_PATCH_TO_MEDIAN_RATIO * median, n_stages))
+             for median in median_shape]
     if any(edge > most for edge, most in zip(patch_size, limit)):
         median = [round(float(edge), 1) for edge in median_shape]
         raise FomoInputError(f"--patch-size {list(patch_size)} exceeds {MAX_PATCH_TO_MEDIAN_RATIO:g} x the median "
@@ -146,8 +154,10 @@ def check_patch_fits_median(patch_size: Sequence[int], median_shape: Shape) -> N
 class FomoPlanSettings:
     """What the user chooses about FOMO plans (the ``fomo_plan_and_preprocess`` options)."""
 
+    #: A FOMO25 UNet (:data:`MODEL_PRESETS`) or a residual-encoder U-Net of FOMO26 / nnssl (:data:`RESENC_PRESETS`).
     model: str = "unet_b"
-    #: None: the model's width (32 for unet_b, 64 for unet_xl); small values keep tests fast.
+    #: None: the model's width (32 for unet_b and the resenc sizes up to _b, 64 for unet_xl and the larger resenc
+    #: sizes); small values keep tests fast (a resenc model scales every stage's features alike).
     starting_filters: Optional[int] = None
     decoder_layout: str = "unet_b_lw_dec"
     #: None: :func:`default_patch_size`.
@@ -156,26 +166,31 @@ class FomoPlanSettings:
     spacing: Tuple[float, float, float] = PRETRAINING_SPACING_MM
     pretrained: Optional[Path] = None
     head_dropout: float = 0.0
-    head_pool_levels: Tuple[int, ...] = DEFAULT_HEAD_POOL_LEVELS
+    #: None: the bottleneck (the deepest encoder level), the FOMO baselines' choice.
+    head_pool_levels: Optional[Tuple[int, ...]] = None
     head_pooling: str = DEFAULT_HEAD_POOLING
     channel_adaptation: str = DEFAULT_CHANNEL_ADAPTATION
+    #: Cases per optimiser step; under DDP nnU-Net splits it over the ranks (plan ranks x per-GPU batch).
+    batch_size: int = BATCH_SIZE
 
     def __post_init__(self) -> None:
-        if self.model not in MODEL_PRESETS:
-            raise FomoInputError(f"unknown model {self.model!r}; expected one of {sorted(MODEL_PRESETS)}")
+        if self.batch_size < 1:
+            raise FomoInputError(f"batch size must be at least 1, got {self.batch_size}")
+        if self.model not in MODEL_CHOICES:
+            raise FomoInputError(f"unknown model {self.model!r}; expected one of {MODEL_CHOICES}")
         if self.decoder_layout not in DECODER_LAYOUTS:
             raise FomoInputError(f"unknown decoder layout {self.decoder_layout!r}; "
                                  f"expected one of {sorted(DECODER_LAYOUTS)}")
         if self.starting_filters is not None and self.starting_filters < 1:
             raise FomoInputError(f"starting filters must be positive, got {self.starting_filters}")
         if self.patch_size is not None:
-            validate_patch_size(self.patch_size)
+            validate_patch_size(self.patch_size, self.n_stages)
         validate_spacing(self.spacing)
         if not 0.0 <= self.head_dropout < 1.0:
             raise FomoInputError(f"head dropout must be in [0, 1), got {self.head_dropout}")
-        if not self.head_pool_levels or any(not 0 <= level < FOMO_N_STAGES for level in self.head_pool_levels):
-            raise FomoInputError(f"head pool levels must be encoder levels 0..{FOMO_N_STAGES - 1}, "
-                                 f"got {list(self.head_pool_levels)}")
+        if not self.pool_levels or any(not 0 <= level < self.n_stages for level in self.pool_levels):
+            raise FomoInputError(f"head pool levels must be encoder levels 0..{self.n_stages - 1}, "
+                                 f"got {list(self.pool_levels)}")
         if self.head_pooling not in POOLINGS:
             raise FomoInputError(f"head pooling must be one of {POOLINGS}, got {self.head_pooling!r}")
         if self.channel_adaptation not in CHANNEL_ADAPTATIONS:
@@ -185,13 +200,63 @@ class FomoPlanSettings:
             raise FomoInputError("pretrained checkpoint not found", self.pretrained)
 
     @property
+    def is_resenc(self) -> bool:
+        """Whether the model is a residual-encoder U-Net (``FomoResEncUNet``) rather than a FOMO25 UNet."""
+        return self.model in RESENC_PRESETS
+
+    @property
+    def features(self) -> Tuple[int, ...]:
+        """Features per stage of a resenc model (its preset's, scaled to ``starting_filters`` when given)."""
+        features = RESENC_PRESETS[self.model][0]
+        return features if self.starting_filters is None else scaled_features(features, self.starting_filters)
+
+    @property
     def filters(self) -> int:
+        if self.is_resenc:
+            return self.features[0]
         return self.starting_filters if self.starting_filters is not None else MODEL_PRESETS[self.model]
 
     @property
+    def n_stages(self) -> int:
+        return len(self.features) if self.is_resenc else FOMO_N_STAGES
+
+    @property
+    def pool_levels(self) -> Tuple[int, ...]:
+        """The head's pooled levels, the bottleneck by default."""
+        return (self.n_stages - 1,) if self.head_pool_levels is None else tuple(self.head_pool_levels)
+
+    @property
     def has_custom_head(self) -> bool:
-        return (self.head_dropout != 0.0 or tuple(self.head_pool_levels) != DEFAULT_HEAD_POOL_LEVELS
+        return (self.head_dropout != 0.0 or self.pool_levels != (self.n_stages - 1,)
                 or self.head_pooling != DEFAULT_HEAD_POOLING)
+
+    def network_class_name(self) -> str:
+        """The dotted path nnU-Net builds the network from."""
+        return RESENC_CLASS_NAME if self.is_resenc else NETWORK_CLASS_NAME
+
+    def arch_kwargs(self, task_type: str) -> Dict[str, Any]:
+        """The network's keyword arguments for ``task_type`` (besides nnU-Net's channels and outputs), JSON-ready."""
+        arch_kwargs: Dict[str, Any] = {
+            "decoder_convs": DECODER_LAYOUTS[self.decoder_layout],
+            "task_type": task_type,
+            "n_stages": self.n_stages,
+            # nnU-Net derives the deep-supervision scales from these (ConfigurationManager.pool_op_kernel_sizes)
+            "strides": fomo_strides(self.n_stages),
+        }
+        if self.is_resenc:
+            arch_kwargs.update(features_per_stage=list(self.features),
+                               blocks_per_stage=list(RESENC_PRESETS[self.model][1]))
+        else:
+            arch_kwargs["starting_filters"] = self.filters
+        if task_type not in DECODER_TASK_TYPES:
+            arch_kwargs.update(head_dropout=self.head_dropout, head_pool_levels=list(self.pool_levels),
+                               head_pooling=self.head_pooling)
+        return arch_kwargs
+
+    def build_network(self, input_channels: int, num_outputs: int, task_type: str) -> Union[FomoUNet, FomoResEncUNet]:
+        """The network the plans describe (what the trainers will build)."""
+        network_class = FomoResEncUNet if self.is_resenc else FomoUNet
+        return network_class(input_channels, num_outputs, **self.arch_kwargs(task_type))
 
 
 def task_from_dataset_json(dataset_json: Dict[str, Any], path: Path) -> Tuple[str, int]:
@@ -220,13 +285,35 @@ def pretrained_spec(settings: FomoPlanSettings) -> Optional[PretrainedSpec]:
     if settings.pretrained is None:
         return None
     path = Path(settings.pretrained).resolve()
-    layout = detect_layout(load_fomo_state_dict(path)[0])
+    state_dict = load_fomo_state_dict(path)[0]
+    if settings.is_resenc:
+        _check_resenc_checkpoint(settings, state_dict, path)
+        return PretrainedSpec(str(path), sha256_of_file(path), settings.model, settings.decoder_layout,
+                              settings.filters)
+    layout = detect_layout(state_dict)
     planned = (settings.filters, DECODER_LAYOUTS[settings.decoder_layout])
     if layout is not None and (layout.starting_filters, layout.decoder_convs) != planned:
         raise FomoInputError(f"the checkpoint has {layout.starting_filters} starting filters and "
                              f"{layout.decoder_convs} conv(s) per decoder block, the plans ask for {planned[0]} and "
                              f"{planned[1]}: choose --model / --starting-filters / --decoder-layout to match", path)
     return PretrainedSpec(str(path), sha256_of_file(path), settings.model, settings.decoder_layout, settings.filters)
+
+
+def _check_resenc_checkpoint(settings: FomoPlanSettings, state_dict: Dict[str, torch.Tensor], path: Path) -> None:
+    """Refuse a residual-encoder checkpoint whose size differs from the planned model, naming both."""
+    detected = resenc_layout.detect_layout(state_dict)
+    if detected is None:
+        if detect_layout(state_dict) is not None:
+            raise FomoInputError(f"the checkpoint is a FOMO25 UNet, the plans ask for {settings.model}: choose --model "
+                                 "unet_b / unet_xl", path)
+        return  # e.g. nnU-Net's own checkpoints: left to the transfer report
+    layout = detected[1]
+    planned = (settings.features, RESENC_PRESETS[settings.model][1])
+    if (layout.features, layout.blocks) != planned:
+        raise FomoInputError(f"the checkpoint is {layout.model_name or 'an unpublished resenc size'} (features "
+                             f"{list(layout.features)}, blocks {list(layout.blocks)}), the plans ask for "
+                             f"{settings.model} (features {list(planned[0])}, blocks {list(planned[1])}): choose "
+                             "--model / --starting-filters to match", path)
 
 
 def check_checkpoint_fits(settings: FomoPlanSettings, dataset_json: Dict[str, Any], path: Path) -> None:
@@ -245,9 +332,7 @@ def check_checkpoint_fits(settings: FomoPlanSettings, dataset_json: Dict[str, An
         raise FomoInputError(f"{len(nonfinite)} tensor(s) hold NaN/Inf weights, e.g. {nonfinite[:3]}",
                              settings.pretrained)
     task_type, num_outputs = task_from_dataset_json(dataset_json, path)
-    network = FomoUNet(len(dataset_json["channel_names"]), num_outputs, starting_filters=settings.filters,
-                       decoder_convs=DECODER_LAYOUTS[settings.decoder_layout], task_type=task_type,
-                       n_stages=FOMO_N_STAGES)
+    network = settings.build_network(len(dataset_json["channel_names"]), num_outputs, task_type)
     transfer_fomo_weights(network, state_dict, settings.channel_adaptation, checkpoint=settings.pretrained)
 
 
@@ -290,7 +375,7 @@ class FomoPlanner(ExperimentPlanner):
         task_type, num_outputs = task_from_dataset_json(self.dataset_json, dataset_json_path)
         if task_type in DECODER_TASK_TYPES and self.settings.has_custom_head:
             raise FomoInputError("head dropout, pool levels and pooling apply to classification and regression only")
-        head = HeadSpec(self.settings.head_dropout, tuple(self.settings.head_pool_levels), self.settings.head_pooling)
+        head = HeadSpec(self.settings.head_dropout, self.settings.pool_levels, self.settings.head_pooling)
         return FomoPlansBlock(task_type, num_outputs, head, pretrained_spec(self.settings),
                               FomoPretrainingNormalization.__name__, self.settings.channel_adaptation)
 
@@ -313,12 +398,13 @@ class FomoPlanner(ExperimentPlanner):
                                                    approximate_n_voxels_dataset, _cache)
         if len(spacing) != 3:
             return plan  # the 2d configuration nnU-Net always plans: save_plans drops it
+        n_stages = self.settings.n_stages
         if self.settings.patch_size is not None:
-            check_patch_fits_median(self.settings.patch_size, median_shape)
+            check_patch_fits_median(self.settings.patch_size, median_shape, n_stages)
         field = PRETRAINING_PATCH_SIZE if self.fomo_block.task_type == PRETRAINING else DEFAULT_PATCH_SIZE
-        patch = self.settings.patch_size or default_patch_size(median_shape, spacing, field)
+        patch = self.settings.patch_size or default_patch_size(median_shape, spacing, field, n_stages)
         plan.update({
-            "batch_size": BATCH_SIZE,
+            "batch_size": self.settings.batch_size,
             "patch_size": list(patch),
             "architecture": self._architecture(),
             FOMO_PLANS_KEY: self.fomo_block.to_json(),
@@ -326,20 +412,9 @@ class FomoPlanner(ExperimentPlanner):
         return plan
 
     def _architecture(self) -> Dict[str, Any]:
-        """FomoUNet by dotted path, with keyword arguments that need no imports."""
-        arch_kwargs: Dict[str, Any] = {
-            "starting_filters": self.settings.filters,
-            "decoder_convs": DECODER_LAYOUTS[self.settings.decoder_layout],
-            "task_type": self.fomo_block.task_type,
-            "n_stages": FOMO_N_STAGES,
-            # nnU-Net derives the deep-supervision scales from these (ConfigurationManager.pool_op_kernel_sizes)
-            "strides": fomo_strides(FOMO_N_STAGES),
-        }
-        if self.fomo_block.task_type not in DECODER_TASK_TYPES:
-            arch_kwargs.update(head_dropout=self.fomo_block.head.dropout,
-                               head_pool_levels=list(self.fomo_block.head.pool_levels),
-                               head_pooling=self.fomo_block.head.pooling)
-        return {"network_class_name": NETWORK_CLASS_NAME, "arch_kwargs": arch_kwargs, "_kw_requires_import": []}
+        """The planned network by dotted path, with keyword arguments that need no imports."""
+        return {"network_class_name": self.settings.network_class_name(),
+                "arch_kwargs": self.settings.arch_kwargs(self.fomo_block.task_type), "_kw_requires_import": []}
 
     def save_plans(self, plans: dict) -> None:
         """Drop the 2d configuration nnU-Net always plans, then save with nnU-Net's merge (which keeps any other

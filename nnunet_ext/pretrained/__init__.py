@@ -1,4 +1,5 @@
-"""Pretrained FOMO25 weights: safe checkpoint reading, the explicit key table and transfer, the report."""
+"""Pretrained weights (FOMO25 UNets, FOMO26 / nnssl residual-encoder U-Nets): safe checkpoint reading, the explicit
+key tables and transfer, the report."""
 
 from __future__ import annotations
 

@@ -23,6 +23,7 @@ import numpy as np
 import torch
 
 from nnunet_ext.errors import FomoInputError
+from nnunet_ext.pretrained.nnssl_plan import NNSSL_PLAN_KEY, plan_problems
 from nnunet_ext.utils.files import PathLike
 
 #: Environment variable that, set to "1", trusts every checkpoint (``weights_only=False``).
@@ -43,6 +44,8 @@ _HASH_CHUNK_BYTES = 1 << 20
 FORMAT_LIGHTNING = "lightning"
 FORMAT_NNUNET = "nnunet"
 FORMAT_STATE_DICT = "state_dict"
+#: An nnssl checkpoint: nnU-Net's ``network_weights`` plus nnssl's adaptation plan.
+FORMAT_NNSSL = "nnssl"
 #: Where each format keeps the network weights.
 _LIGHTNING_WEIGHTS = "state_dict"
 _NNUNET_WEIGHTS = "network_weights"
@@ -138,8 +141,10 @@ def load_fomo_state_dict(path: PathLike, trust_checkpoint: bool = False
     """Read a checkpoint's network weights (CPU tensors, ``model.`` / ``model._orig_mod.`` / ``_orig_mod.`` stripped)
     and metadata.
 
-    Accepts a Lightning ``.ckpt`` (``state_dict``), an nnU-Net ``checkpoint_*.pth`` (``network_weights``) and a
-    bare state dict. Metadata: ``format``, ``hyper_parameters`` (empty when the file has none), ``epoch``.
+    Accepts a Lightning ``.ckpt`` (``state_dict``), an nnU-Net ``checkpoint_*.pth`` (``network_weights``), an nnssl
+    checkpoint (``network_weights`` and ``nnssl_adaptation_plan``; refused when the plan names an architecture other
+    than the residual-encoder U-Net) and a bare state dict. Metadata: ``format``, ``hyper_parameters`` (empty when the
+    file has none), ``epoch``, and for nnssl ``adaptation_plan``.
     """
     path = Path(path)
     content = read_checkpoint(path, trust_checkpoint)
@@ -149,6 +154,13 @@ def load_fomo_state_dict(path: PathLike, trust_checkpoint: bool = False
         weights = content[_LIGHTNING_WEIGHTS]
         metadata = {"format": FORMAT_LIGHTNING, "hyper_parameters": dict(content.get("hyper_parameters") or {}),
                     "epoch": content.get("epoch")}
+    elif NNSSL_PLAN_KEY in content:
+        problems = plan_problems(content[NNSSL_PLAN_KEY])
+        if problems:
+            raise FomoInputError(f"nnssl checkpoint: {'; '.join(problems)}", path)
+        weights = content.get(_NNUNET_WEIGHTS)
+        metadata = {"format": FORMAT_NNSSL, "hyper_parameters": {}, "epoch": content.get("current_epoch"),
+                    "adaptation_plan": content[NNSSL_PLAN_KEY]}
     elif _NNUNET_WEIGHTS in content:
         weights = content[_NNUNET_WEIGHTS]
         metadata = {"format": FORMAT_NNUNET, "hyper_parameters": {}, "epoch": content.get("current_epoch")}

@@ -1,18 +1,19 @@
 """The explicit FOMO -> FomoUNet key table and the weight transfer that follows it.
 
 The table is built level by level from the two naming schemes (``fomo_layout`` for the checkpoint, the path
-helpers of ``networks.unet`` for our modules); shapes are only checked, never used to guess a match.
+helpers of ``networks.unet`` for our modules); shapes are only checked, never used to guess a match. The transfer
+itself (``transfer``) is shared with the residual-encoder family (``resenc_mapping``), which
+:func:`transfer_fomo_weights` hands its networks to.
 """
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Iterator, Mapping
 
 import torch
 from torch import nn
 
-from nnunet_ext.errors import FomoInputError
+from nnunet_ext.networks.resenc import FomoResEncUNet
 from nnunet_ext.networks.unet import (
     DECODER_LAYOUTS,
     DECODER_TASK_TYPES,
@@ -28,34 +29,24 @@ from nnunet_ext.networks.unet import (
     upsample_path,
 )
 from nnunet_ext.pretrained import fomo_layout
-from nnunet_ext.pretrained.checkpoint_io import sha256_of_file
-from nnunet_ext.pretrained.report import (
-    ADAPTED,
-    LOADED,
-    MISSING,
-    REINITIALISED,
-    SHAPE_MISMATCH,
-    UNEXPECTED,
-    UNUSED,
-    TransferEntry,
-    TransferReport,
+from nnunet_ext.pretrained.report import TransferReport
+from nnunet_ext.pretrained.resenc_mapping import transfer_resenc_weights
+from nnunet_ext.pretrained.transfer import (
+    CHANNEL_ADAPTATIONS,
+    DEFAULT_CHANNEL_ADAPTATION,
+    TransferTable,
+    check_channel_adaptation,
+    finish_transfer,
+    plan_transfer,
+    refusal_text,
 )
 from nnunet_ext.utils.files import PathLike
 
-log = logging.getLogger("nnunet_ext")
+__all__ = ["CHANNEL_ADAPTATIONS", "DEFAULT_CHANNEL_ADAPTATION", "build_key_table", "to_fomo_names",
+           "transfer_fomo_weights"]
 
-#: Stem adaptation for C input channels from the 1-channel pretrained stem:
-#: "average" copies the kernel to every channel and scales it by 1/C (C identical channels then give exactly
-#: the pretrained response); "copy" copies it unscaled (C times the response); "first" puts it on channel 0
-#: and zeros elsewhere (channel 0 alone reproduces the pretrained response).
-CHANNEL_ADAPTATIONS = ("average", "copy", "first")
-#: "first": channel 0 is an image like those of the pretraining (one sequence), while the mean of C sequences is
-#: not one, and contrasts of opposite polarity (CSF dark in T1, bright in T2) cancel in it. On the demo's brain
-#: age (T1 + T2, random checkpoint, 2 folds) "average" stayed at the training mean's MAE (14.7 and 13.4 years
-#: against 12.7 and 13.8), "first" learned (11.3 and 10.1).
-DEFAULT_CHANNEL_ADAPTATION = "first"
-#: Axis of a conv weight [out, in, kx, ky, kz] that holds the input channels.
-_IN_CHANNEL_AXIS = 1
+#: Why the segmentation output conv starts fresh.
+OUTPUT_CONV_NOTE = "output conv re-initialised: the pretrained one reconstructs 1 MAE channel"
 
 
 def build_key_table(n_stages: int, decoder_convs: int, with_decoder: bool) -> dict[str, str]:
@@ -93,18 +84,6 @@ def _output_conv_pairs(n_stages: int) -> dict[str, str]:
     return dict(_weight_and_bias_pairs(fomo_layout.OUTPUT_CONV, output_conv_path(n_stages)))
 
 
-def _adapt_stem(weight: torch.Tensor, input_channels: int, strategy: str) -> torch.Tensor:
-    """Turn the 1-channel pretrained stem kernel into one for ``input_channels`` (see CHANNEL_ADAPTATIONS)."""
-    repeated = weight.repeat_interleave(input_channels, dim=_IN_CHANNEL_AXIS)
-    if strategy == "average":
-        return repeated / input_channels
-    if strategy == "copy":
-        return repeated
-    first_only = torch.zeros_like(repeated)
-    first_only[:, :1] = weight
-    return first_only
-
-
 def to_fomo_names(state_dict: Mapping[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], list[str]]:
     """Rename a FomoUNet state dict (an nnU-Net checkpoint) to FOMO keys; FOMO-named input passes unchanged.
 
@@ -136,117 +115,55 @@ def _drop_aliases(state_dict: Mapping[str, torch.Tensor]) -> dict[str, torch.Ten
     return unique
 
 
-class _TransferPlan:
-    """Entries of the report plus the copies to make; built first so a refused transfer changes nothing."""
-
-    def __init__(self) -> None:
-        self.entries: list[TransferEntry] = []
-        self.copies: list[tuple[nn.Parameter, torch.Tensor]] = []
-
-    def add(self, status: str, source: str | None, target: str | None, source_tensor: torch.Tensor | None = None,
-            target_param: nn.Parameter | None = None, note: str = "") -> None:
-        """Record one entry (shapes taken from the tensors when given)."""
-        self.entries.append(TransferEntry(
-            status, source, target,
-            None if source_tensor is None else list(source_tensor.shape),
-            None if target_param is None else list(target_param.shape), note))
-
-
-def transfer_fomo_weights(network: FomoUNet, state_dict: Mapping[str, torch.Tensor],
+def transfer_fomo_weights(network: nn.Module, state_dict: Mapping[str, torch.Tensor],
                           channel_adaptation: str = DEFAULT_CHANNEL_ADAPTATION, allow_partial: bool = False,
                           checkpoint: PathLike | None = None) -> TransferReport:
-    """Copy a FOMO checkpoint's weights into ``network`` following the key table; returns the report.
+    """Copy a pretrained checkpoint's weights into ``network`` following the key table; returns the report.
 
     ``state_dict`` comes from :func:`load_fomo_state_dict` (FOMO keys, or our keys from an nnU-Net checkpoint).
-    The stem is adapted to the network's input channels (``channel_adaptation``); the segmentation output conv
+    A ``FomoResEncUNet`` takes FOMO26 / nnssl residual-encoder checkpoints (``resenc_mapping``), a ``FomoUNet`` FOMO25
+    ones. The stem is adapted to the network's input channels (``channel_adaptation``); the segmentation output conv
     is re-initialised; the pretrained decoder is reported unused for classification and regression.
     A checkpoint that does not fit (missing, unexpected or wrongly shaped tensors) is refused with a
     FomoInputError before anything is copied, unless ``allow_partial``; one that fits nowhere is always refused.
     ``checkpoint`` (the file the state dict came from) is recorded with its sha256.
     """
-    if channel_adaptation not in CHANNEL_ADAPTATIONS:
-        raise FomoInputError(f"channel adaptation must be one of {CHANNEL_ADAPTATIONS}, got {channel_adaptation!r}")
+    check_channel_adaptation(channel_adaptation)
+    if isinstance(network, FomoResEncUNet):
+        return transfer_resenc_weights(network, state_dict, channel_adaptation, allow_partial, checkpoint)
     source, our_extras = to_fomo_names(state_dict)
     detected = fomo_layout.detect_layout(source)
-    plan = _plan_transfer(network, source, our_extras, detected, channel_adaptation)
-    report = TransferReport(
-        entries=plan.entries, channel_adaptation=channel_adaptation, network=_describe_network(network),
-        checkpoint=None if checkpoint is None else str(checkpoint),
-        sha256=None if checkpoint is None else sha256_of_file(checkpoint), allow_partial=allow_partial,
-        layout={} if detected is None else _describe_layout(detected))
-    if report.transferred == 0 or not (report.complete or allow_partial):
-        raise FomoInputError(_refusal_message(network, detected, report), checkpoint)
-    _apply(network, plan)
-    log.debug("%s", report.summary())
-    return report
+    table = _transfer_table(network, detected)
+    extras = {key: "nnU-Net checkpoint key without a FOMO counterpart" for key in our_extras}
+    plan = plan_transfer(network, table, source, extras, channel_adaptation)
+
+    def reinitialise() -> None:
+        if network.task_type == SEGMENTATION:
+            network.initialize(network.get_submodule(output_conv_path(network.n_stages)))
+
+    return finish_transfer(
+        network, plan, channel_adaptation=channel_adaptation, allow_partial=allow_partial, checkpoint=checkpoint,
+        network_description=_describe_network(network),
+        layout_description={} if detected is None else _describe_layout(detected),
+        refusal_message=lambda report: refusal_text(_refusal_cause(network, detected), report),
+        reinitialise=reinitialise)
 
 
-def _plan_transfer(network: FomoUNet, source: Mapping[str, torch.Tensor], our_extras: list[str],
-                   detected: fomo_layout.FomoLayout | None, channel_adaptation: str) -> _TransferPlan:
-    """Decide the status of every checkpoint tensor and network parameter."""
-    params = dict(network.named_parameters())
+def _transfer_table(network: FomoUNet, detected: fomo_layout.FomoLayout | None) -> TransferTable:
+    """What ``network`` takes from a FOMO25 checkpoint of layout ``detected``."""
     with_decoder = _takes_decoder(network)
-    table = build_key_table(network.n_stages, network.decoder_convs, with_decoder=with_decoder)
+    loads = build_key_table(network.n_stages, network.decoder_convs, with_decoder=with_decoder)
     if network.task_type == PRETRAINING:  # continued pretraining: the reconstruction conv is the checkpoint's too
-        table.update(_output_conv_pairs(network.n_stages))
-    plan = _TransferPlan()
-    for fomo_key, our_name in table.items():
-        _plan_tensor(plan, fomo_key, source.get(fomo_key), our_name, params[our_name], channel_adaptation)
-    output_pairs = _output_conv_pairs(network.n_stages) if network.task_type == SEGMENTATION else {}
-    for fomo_key, our_name in output_pairs.items():
-        plan.add(REINITIALISED, fomo_key if fomo_key in source else None, our_name, source.get(fomo_key),
-                 params[our_name], "output conv re-initialised: the pretrained one reconstructs 1 MAE channel")
+        loads.update(_output_conv_pairs(network.n_stages))
+    reinitialised = _output_conv_pairs(network.n_stages) if network.task_type == SEGMENTATION else {}
     # An image-level network takes no decoder: the checkpoint's (whatever its layout) is known but unused.
     # A network with a decoder takes the whole decoder, so any decoder key outside the table is unexpected.
     source_decoder_convs = network.decoder_convs if detected is None else detected.decoder_convs
     unused = {} if with_decoder else {**build_key_table(network.n_stages, source_decoder_convs, with_decoder=True),
                                        **_output_conv_pairs(network.n_stages)}
-    for fomo_key, tensor in source.items():
-        if fomo_key in table or fomo_key in output_pairs:
-            continue
-        if fomo_key in unused:
-            plan.add(UNUSED, fomo_key, None, tensor, note=f"not used by a {network.task_type} network")
-        else:
-            plan.add(UNEXPECTED, fomo_key, None, tensor)
-    for key in our_extras:
-        plan.add(UNUSED, key, None, note="nnU-Net checkpoint key without a FOMO counterpart")
-    targeted = set(table.values()) | set(output_pairs.values())
-    for our_name, param in params.items():
-        if our_name not in targeted:
-            plan.add(REINITIALISED, None, our_name, target_param=param, note="no pretrained counterpart")
-    return plan
-
-
-def _plan_tensor(plan: _TransferPlan, fomo_key: str, tensor: torch.Tensor | None, our_name: str,
-                 param: nn.Parameter, channel_adaptation: str) -> None:
-    """Plan one table entry: load it, adapt the stem, or record why it cannot be transferred."""
-    if tensor is None:
-        plan.add(MISSING, fomo_key, our_name, target_param=param)
-    elif tensor.shape == param.shape:
-        plan.add(LOADED, fomo_key, our_name, tensor, param)
-        plan.copies.append((param, tensor))
-    elif fomo_key == fomo_layout.STEM_WEIGHT and _stem_adaptable(tensor, param):
-        plan.add(ADAPTED, fomo_key, our_name, tensor, param,
-                 f"1 -> {param.shape[_IN_CHANNEL_AXIS]} input channels ({channel_adaptation})")
-        plan.copies.append((param, _adapt_stem(tensor, param.shape[_IN_CHANNEL_AXIS], channel_adaptation)))
-    else:
-        plan.add(SHAPE_MISMATCH, fomo_key, our_name, tensor, param)
-
-
-def _stem_adaptable(tensor: torch.Tensor, param: nn.Parameter) -> bool:
-    """A 1-channel stem kernel that differs from ``param`` only in the input-channel axis."""
-    return (tensor.shape[_IN_CHANNEL_AXIS] == fomo_layout.PRETRAINING_CHANNELS
-            and tensor.ndim == param.ndim
-            and all(a == b for axis, (a, b) in enumerate(zip(tensor.shape, param.shape)) if axis != _IN_CHANNEL_AXIS))
-
-
-@torch.no_grad()
-def _apply(network: FomoUNet, plan: _TransferPlan) -> None:
-    """Make the planned copies, then re-initialise the segmentation output conv."""
-    for param, tensor in plan.copies:
-        param.copy_(tensor)
-    if network.task_type == SEGMENTATION:
-        network.initialize(network.get_submodule(output_conv_path(network.n_stages)))
+    note = f"not used by a {network.task_type} network"
+    return TransferTable(loads=loads, stem_key=fomo_layout.STEM_WEIGHT, reinitialised=reinitialised,
+                         reinitialised_note=OUTPUT_CONV_NOTE, unused={key: note for key in unused})
 
 
 def _describe_network(network: FomoUNet) -> dict[str, object]:
@@ -268,22 +185,15 @@ def _takes_decoder(network: FomoUNet) -> bool:
     return network.task_type in DECODER_TASK_TYPES
 
 
-def _refusal_message(network: FomoUNet, detected: fomo_layout.FomoLayout | None, report: TransferReport) -> str:
-    """Why the checkpoint does not fit, naming the likely cause first, then the report's summary."""
+def _refusal_cause(network: FomoUNet, detected: fomo_layout.FomoLayout | None) -> str:
+    """The likely reason a FOMO25 checkpoint does not fit ``network``."""
     if detected is None:
-        cause = "not a FOMO UNet checkpoint (no encoder.in_conv stem)"
-    elif detected.starting_filters != network.starting_filters:
-        cause = (f"the checkpoint has starting filters {detected.starting_filters} "
-                 f"({fomo_layout.architecture_name(detected.starting_filters)}) but the network has "
-                 f"{network.starting_filters} ({fomo_layout.architecture_name(network.starting_filters)})")
-    elif _takes_decoder(network) and detected.decoder_convs != network.decoder_convs:
-        cause = (f"the checkpoint's decoder layout is {fomo_layout.decoder_layout_name(detected.decoder_convs)} "
-                 f"but the network has decoder_convs={network.decoder_convs}")
-    else:
-        cause = "the checkpoint does not match the network's layout"
-    if report.transferred == 0:
-        return f"refusing the checkpoint: {cause}; no tensor could be transferred\n{report.summary()}"
-    # No command offers a partial transfer (only this function's allow_partial argument does): name the real way out.
-    return (f"refusing the checkpoint: {cause}\n{report.summary()}\n"
-            "no command transfers part of a checkpoint: plan a network that matches it (fomo_inspect_checkpoint shows "
-            "its layout and which tasks it can start), or train without it (the _Scratch trainer variants)")
+        return "not a FOMO UNet checkpoint (no encoder.in_conv stem)"
+    if detected.starting_filters != network.starting_filters:
+        return (f"the checkpoint has starting filters {detected.starting_filters} "
+                f"({fomo_layout.architecture_name(detected.starting_filters)}) but the network has "
+                f"{network.starting_filters} ({fomo_layout.architecture_name(network.starting_filters)})")
+    if _takes_decoder(network) and detected.decoder_convs != network.decoder_convs:
+        return (f"the checkpoint's decoder layout is {fomo_layout.decoder_layout_name(detected.decoder_convs)} "
+                f"but the network has decoder_convs={network.decoder_convs}")
+    return "the checkpoint does not match the network's layout"

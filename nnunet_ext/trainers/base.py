@@ -8,7 +8,12 @@
 - ``checkpoint_best.pth`` follows one logged validation metric (:attr:`FomoTrainerBase.selection_metric`), and
   training stops early once it has not improved for ``early_stopping_patience`` epochs;
 - the progress figures are redrawn at most every :data:`PROGRESS_PLOT_INTERVAL_S` seconds and at the end of
-  training, not after every epoch as nnU-Net does.
+  training, not after every epoch as nnU-Net does;
+- under DDP (``nnUNetv2_train -num_gpus N`` or ``fomo_train_ddp`` under torchrun): the GPU is ``$LOCAL_RANK``
+  (nnU-Net takes the global rank, wrong beyond one machine) and the CPU with gloo works too; the wrapper tolerates
+  parameters without a gradient (:attr:`FomoTrainerBase.ddp_find_unused_parameters`); the weights drawn or loaded
+  after the wrap (pretrained transfer, fresh output layers) are broadcast from rank 0; a planned batch smaller than
+  the number of ranks is refused before training.
 
 Task trainers (segmentation, classification, regression) subclass it and set the class attributes documented
 below; strategy and length variants (``nnunet_ext.trainers.variants``) override one method each.
@@ -17,14 +22,17 @@ below; strategy and length variants (``nnunet_ext.trainers.variants``) override 
 from __future__ import annotations
 
 import math
+import os
 import sys
 import time
 from contextlib import contextmanager
 from os.path import join
 from pathlib import Path
-from typing import Any, ClassVar, Iterator
+from typing import Any, ClassVar, Iterable, Iterator, TypeVar
 
+import nnunetv2.training.nnUNetTrainer.nnUNetTrainer as nnunet_trainer_module
 import torch
+import torch.distributed as dist
 from nnunetv2.paths import nnUNet_preprocessed
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 from nnunetv2.utilities.get_network_from_plans import get_network_from_plans
@@ -68,6 +76,12 @@ NNUNET_TRAIN_COMMAND = "nnUNetv2_train"
 #: Least time between two redraws of the progress figures. nnU-Net redraws progress.png after every epoch: about
 #: a second of matplotlib, negligible next to a GPU epoch of minutes, but 40% of a 2-second CPU demo epoch.
 PROGRESS_PLOT_INTERVAL_S = 60.0
+#: Variable torchrun (and ``srun``-launched torchrun) sets to the process's index on its own machine: its GPU.
+LOCAL_RANK_ENV = "LOCAL_RANK"
+#: Rank whose weights every rank adopts after they were (re-)initialised outside DDP's own synchronisation.
+SOURCE_RANK = 0
+
+T = TypeVar("T")
 
 
 @contextmanager
@@ -91,6 +105,63 @@ def unwrap_network(network: nn.Module) -> nn.Module:
     if isinstance(network, OptimizedModule):
         network = network._orig_mod
     return network
+
+
+def ddp_active() -> bool:
+    """Whether this process is one rank of an initialised process group (nnU-Net's ``is_ddp``)."""
+    return dist.is_available() and dist.is_initialized()
+
+
+def world_size() -> int:
+    """Number of ranks training together; 1 without DDP."""
+    return dist.get_world_size() if ddp_active() else 1
+
+
+def rank() -> int:
+    """This process's global rank; 0 without DDP."""
+    return dist.get_rank() if ddp_active() else 0
+
+
+def gathered(part: T) -> list[T]:
+    """Every rank's ``part`` (any picklable object), in rank order, on every rank; ``[part]`` without DDP."""
+    if not ddp_active():
+        return [part]
+    parts: list[Any] = [None] * world_size()
+    dist.all_gather_object(parts, part)
+    return parts
+
+
+def ddp_device(requested: torch.device) -> torch.device:
+    """The device of this rank: GPU ``$LOCAL_RANK`` for a CUDA run (the global rank where nothing sets it, as with
+    nnU-Net's own one-machine launcher), the CPU for a CPU run."""
+    if requested.type != "cuda":
+        return requested
+    return torch.device("cuda", int(os.environ.get(LOCAL_RANK_ENV, rank())))
+
+
+def broadcast_tensors(tensors: Iterable[torch.Tensor], source: int = SOURCE_RANK) -> None:
+    """Give every rank ``source``'s values of ``tensors`` (a network's parameters or buffers; in place)."""
+    with torch.no_grad():
+        for tensor in tensors:
+            dist.broadcast(tensor.data, source)
+
+
+@contextmanager
+def ddp_wrapper_of(trainer: "FomoTrainerBase") -> Iterator[None]:
+    """Within the block, nnU-Net's ``initialize`` wraps the network for DDP on ``trainer``'s device (nnU-Net names
+    the global rank as the GPU, and a GPU even on the CPU) and with its ``ddp_find_unused_parameters``."""
+    nnunet_wrapper = nnunet_trainer_module.DDP
+
+    def wrap(network: nn.Module, device_ids: Any = None) -> DistributedDataParallel:
+        return DistributedDataParallel(
+            network, device_ids=[trainer.device.index] if trainer.device.type == "cuda" else None,
+            find_unused_parameters=trainer.ddp_find_unused_parameters)
+
+    nnunet_trainer_module.DDP = wrap
+    try:
+        yield
+    finally:
+        nnunet_trainer_module.DDP = nnunet_wrapper
 
 
 def _nnunet_pretrained_flag_given(argv: list[str]) -> bool:
@@ -134,6 +205,12 @@ class FomoTrainerBase(nnUNetTrainer):
             ``on_validation_epoch_end``); a key nnU-Net's logger does not know is added at construction.
         selection_higher_is_better: direction of ``selection_metric`` (False for an error such as MAE).
         starts_from_pretrained: False only for the ``_Scratch`` variants.
+        ddp_find_unused_parameters: under DDP, some parameters may get no gradient in an iteration (deep
+            supervision off leaves the coarser output convs unused, frozen variants the encoder, a pooling head the
+            stages it does not read); DDP then has to look for them after every backward pass, or it stops at the
+            second iteration. On for every trainer: the search costs a walk over the autograd graph per step, small
+            next to a 3D U-Net's backward pass, and a trainer that turns it off must use every parameter in every
+            step, with every network the plans may name.
 
     Hooks for variants: :meth:`parameter_groups` (optimiser groups and their learning rates),
     ``on_train_epoch_start`` (e.g. freezing), and nnU-Net's instance attributes set in ``__init__``
@@ -144,6 +221,7 @@ class FomoTrainerBase(nnUNetTrainer):
     selection_metric: ClassVar[str] = NNUNET_EMA_DICE
     selection_higher_is_better: ClassVar[bool] = True
     starts_from_pretrained: ClassVar[bool] = True
+    ddp_find_unused_parameters: ClassVar[bool] = True
 
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
                  device: torch.device = torch.device("cuda")):
@@ -151,6 +229,11 @@ class FomoTrainerBase(nnUNetTrainer):
             # nnU-Net's __init__ creates the fold folder: refused input must leave nothing behind
             self.fomo_plans = self._check_inputs(plans, configuration, dataset_json)
             super().__init__(plans, configuration, fold, dataset_json, device)
+        if self.is_ddp:
+            # nnU-Net puts every rank on GPU <global rank>, with a CUDA gradient scaler
+            self.device = ddp_device(device)
+            if self.device.type != "cuda":
+                self.grad_scaler = None
         if self.device.type == "cpu" and retain_freed_memory():
             self.print_to_log_file("Training on the CPU: freed memory stays in the process (see utils/cpu_memory.py)")
         self.initial_lr = FINETUNE_LR
@@ -204,6 +287,12 @@ class FomoTrainerBase(nnUNetTrainer):
             raise FomoInputError(f"{cls.__name__} trains {cls.task_type} tasks, but these plans describe a "
                                  f"{fomo_plans.task_type} task")
         n_stages = configuration_manager.network_arch_init_kwargs.get("n_stages", FOMO_N_STAGES)  # FomoUNet's default
+        if configuration_manager.batch_size < world_size():
+            # nnU-Net's own check is an assertion deep inside initialize()
+            raise FomoInputError(f"configuration {configuration!r}: batch_size {configuration_manager.batch_size} "
+                                 f"cannot be split over {world_size()} DDP ranks; re-plan with "
+                                 f"fomo_plan_and_preprocess --batch-size {world_size()} (or a multiple)",
+                                 _plans_file(plans_manager))
         problem = patch_size_problem(configuration_manager.patch_size, n_stages)
         if problem is not None:
             raise FomoInputError(f"configuration {configuration!r}: patch_size {list(configuration_manager.patch_size)}"
@@ -228,7 +317,7 @@ class FomoTrainerBase(nnUNetTrainer):
     def initialize(self) -> None:
         """nnU-Net's initialisation, with refused input reported as by our commands (see
         :func:`errors_reported_as_in_our_commands`)."""
-        with errors_reported_as_in_our_commands():
+        with errors_reported_as_in_our_commands(), ddp_wrapper_of(self):
             super().initialize()
 
     def parameter_groups(self) -> list[dict[str, Any]]:
@@ -260,6 +349,18 @@ class FomoTrainerBase(nnUNetTrainer):
             super().on_train_start()
             if self.current_epoch == 0:
                 self._initialise_from_pretrained()
+                if self.is_ddp:
+                    # DDP synchronised the weights when it wrapped the network; layers the transfer drew afresh
+                    # (an output conv, a head) differ between the ranks, and DDP never synchronises them again
+                    network = unwrap_network(self.network)
+                    broadcast_tensors([*network.parameters(), *network.buffers()])
+
+    def on_validation_epoch_start(self) -> None:
+        """nnU-Net's (evaluation mode); under DDP every rank validates with rank 0's buffers (running statistics):
+        DDP copies them to the other ranks before each training forward, after which each rank updated its own."""
+        super().on_validation_epoch_start()
+        if self.is_ddp:
+            broadcast_tensors(unwrap_network(self.network).buffers())
 
     def _initialise_from_pretrained(self) -> None:
         """Transfer the pretrained checkpoint into the network; log and save the transfer report."""

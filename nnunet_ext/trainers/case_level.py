@@ -21,13 +21,19 @@ is trained and validated against:
   augmentation mirror the left-right axis only (:func:`left_right_axis`). The regression trainer does so (chosen
   by measurement on IXI, see ``trainers/regression.py``); classification keeps nnU-Net's every-axis mirroring
   until measured (the ``MirrorAllAxes`` mixin restores it where a subclass switched it off).
-- **Validation.** Every epoch, each validation case's whole preprocessed volume goes through the network
-  (``case_validation``); the loss and the task metric (:attr:`task_metric`) on those predictions are logged
-  in nnU-Net's logger (and so in wandb when ``nnUNet_wandb_enabled`` is set), the log file and
-  ``progress_<metric>.png``, and the metric picks ``checkpoint_best.pth`` through the base class.
+- **Validation.** Every epoch, each validation case's whole preprocessed volume (read from disk once, at the
+  start of training, and kept in memory) goes through the network (``case_validation``); the loss and the task
+  metric (:attr:`task_metric`) on those predictions are logged in nnU-Net's logger (and so in wandb when
+  ``nnUNet_wandb_enabled`` is set), the log file and ``progress_<metric>.png``, and the metric picks
+  ``checkpoint_best.pth`` through the base class.
   nnU-Net's random-patch validation batches are not drawn.
 - **``--val``.** :meth:`perform_actual_validation` writes per-case predictions and a ``summary.json`` with the
   task metrics (with mirroring test-time augmentation) to ``fold_X/validation/``.
+- **DDP.** Each rank predicts its share of the validation cases through the unwrapped network (a forward through
+  the DDP wrapper would broadcast buffers to ranks not calling it; uncompiled, since every case has its own shape,
+  for which ``torch.compile`` would compile again), the raw outputs are gathered to every rank
+  and scored there from the same numbers, so every rank logs the same metric and takes the same best-epoch and
+  early-stopping decisions; rank 0 alone writes the files.
 
 Subclasses define the target encoding, the loss (``_build_loss``), the decoding of outputs and the metrics.
 """
@@ -42,9 +48,10 @@ from typing import Any, ClassVar, NamedTuple, Optional, Sequence
 import numpy as np
 import torch
 
-from nnunet_ext.trainers.base import FomoTrainerBase
+from nnunet_ext.trainers.base import FomoTrainerBase, gathered, rank, unwrap_network, world_size
 from nnunet_ext.trainers.case_validation import (
     plot_metric_history,
+    load_volumes,
     predict_cases,
     prediction_records,
     write_validation_outputs,
@@ -108,7 +115,7 @@ class FomoCaseLevelTrainer(FomoTrainerBase):
         super().__init__(plans, configuration, fold, dataset_json, device)
         self.case_targets = CaseTargets.from_dataset_json(dataset_json, self.task_type)
         self.oversample_foreground_percent = NO_FOREGROUND_OVERSAMPLING
-        self.validation_dataset = None  # -> on_train_start
+        self.validation_volumes: dict[str, np.ndarray] = {}  # -> on_train_start
 
     # -- what subclasses define -------------------------------------------------------------------------
 
@@ -141,7 +148,7 @@ class FomoCaseLevelTrainer(FomoTrainerBase):
 
     def on_train_start(self) -> None:
         super().on_train_start()
-        self.validation_dataset = self._validation_dataset(self.epoch_validation_cases)
+        self.validation_volumes = load_volumes(self._validation_dataset(self.epoch_validation_cases))
         # Validation runs on whole cases in on_validation_epoch_end; nnU-Net's patch batches would only cost time.
         self.num_val_iterations_per_epoch = 0
 
@@ -151,7 +158,7 @@ class FomoCaseLevelTrainer(FomoTrainerBase):
 
     def on_validation_epoch_end(self, val_outputs: list[dict]) -> None:
         """Validate on every whole validation case: log the loss and ``selection_metric``."""
-        result = self._validate(self.validation_dataset, EPOCH_VALIDATION_MIRROR_AXES)
+        result = self._validate(self.validation_volumes, EPOCH_VALIDATION_MIRROR_AXES)
         loss = self.loss(result.outputs.to(self.device), self.encode_targets(result.case_ids).to(self.device))
         metric = result.metrics[self.task_metric]
         self.logger.log("val_losses", loss.item(), self.current_epoch)
@@ -177,7 +184,9 @@ class FomoCaseLevelTrainer(FomoTrainerBase):
         per-case probability or value is always written.
         """
         self.network.eval()
-        result = self._validate(self._validation_dataset(), self.inference_allowed_mirroring_axes)
+        result = self._validate(load_volumes(self._validation_dataset()), self.inference_allowed_mirroring_axes)
+        if self.local_rank != 0:
+            return
         case_ids, metrics = result.case_ids, result.metrics
         records = prediction_records(dict(zip(case_ids, result.targets.tolist())),
                                      dict(zip(case_ids, result.predictions)), self.fold, self.prediction_name)
@@ -191,19 +200,26 @@ class FomoCaseLevelTrainer(FomoTrainerBase):
         self.print_to_log_file(f"Validation {self.task_metric} ({len(case_ids)} cases): "
                                f"{metrics[self.task_metric]:.4f}", also_print_to_console=True)
 
-    def _validate(self, dataset, mirror_axes: Optional[Sequence[int]]) -> CaseValidation:
-        """Predict every case of ``dataset`` whole and score the predictions against the cases' targets."""
-        case_ids, outputs = predict_cases(self.network, dataset, self.device, mirror_axes)
+    def _validate(self, volumes: dict[str, np.ndarray], mirror_axes: Optional[Sequence[int]]) -> CaseValidation:
+        """Predict every case of ``volumes`` (this rank's share) whole, gather every rank's outputs and score them
+        against the cases' targets (on every rank, from the same outputs in case order)."""
+        mine = predict_cases(unwrap_network(self.network), volumes, self.device, mirror_axes) if volumes else ([], [])
+        by_case = {case: output for case_ids, outputs in gathered(mine) for case, output in zip(case_ids, outputs)}
+        case_ids = sorted(by_case)
+        outputs = torch.stack([by_case[case] for case in case_ids])
         targets = self.case_targets.lookup(case_ids)
         predictions = self.decode_outputs(outputs)
         return CaseValidation(case_ids, outputs, targets, predictions, self.task_metrics(targets, predictions))
 
     def _validation_dataset(self, n_cases: Optional[int] = None):
-        """nnU-Net's dataset of this fold's validation cases (whole preprocessed volumes); ``n_cases``: a subset
-        of that many, the same in every epoch and run (seeded by the fold)."""
+        """nnU-Net's dataset of this rank's share of this fold's validation cases (whole preprocessed volumes; all
+        of them without DDP); ``n_cases``: a subset of that many, the same in every epoch and run (seeded by the
+        fold)."""
         _, val_keys = self.do_split()
+        val_keys = sorted(val_keys)
         if n_cases is not None and n_cases < len(val_keys):
-            val_keys = sorted(random.Random(EPOCH_VALIDATION_SEED + self.fold).sample(sorted(val_keys), n_cases))
+            val_keys = sorted(random.Random(EPOCH_VALIDATION_SEED + self.fold).sample(val_keys, n_cases))
+        val_keys = val_keys[rank()::world_size()]
         return self.dataset_class(self.preprocessed_dataset_folder, val_keys,
                                   folder_with_segs_from_previous_stage=self.folder_with_segs_from_previous_stage)
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import itertools
 from pathlib import Path
-from typing import List, Mapping, Optional, Sequence, Tuple, Union
+from typing import Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import matplotlib
 import numpy as np
@@ -34,12 +34,13 @@ PAD_VALUE = 0.0
 _FIRST_SPATIAL_DIM = 2
 
 
-def pad_to_multiple(volume: torch.Tensor, multiple: int = SPATIAL_MULTIPLE) -> torch.Tensor:
-    """Pad the spatial axes of ``volume`` ``[C, *spatial]`` symmetrically up to a multiple of ``multiple``."""
+def pad_to_multiple(volume: torch.Tensor, multiple: int = SPATIAL_MULTIPLE, minimum: int = 0) -> torch.Tensor:
+    """Pad the spatial axes of ``volume`` ``[C, *spatial]`` symmetrically up to a multiple of ``multiple``, and to at
+    least ``minimum``."""
     pad: List[int] = []
     # F.pad takes (before, after) pairs starting from the LAST axis
     for size in reversed(volume.shape[1:]):
-        total = -size % multiple
+        total = max(-size % multiple, minimum - size)
         pad += [total // 2, total - total // 2]
     return torch.nn.functional.pad(volume, pad, value=PAD_VALUE)
 
@@ -58,26 +59,43 @@ def forward_whole_case(network: torch.nn.Module, volume: torch.Tensor,
     With ``mirror_axes`` (spatial axis indices) the outputs of every mirrored copy are averaged, as nnU-Net
     averages logits in its test-time augmentation.
     """
-    batch = pad_to_multiple(volume)[None]
+    batch = _pad_for(network, volume)[None]
     outputs = [network(torch.flip(batch, [axis + _FIRST_SPATIAL_DIM for axis in combo]) if combo else batch)
                for combo in mirror_combinations(mirror_axes)]
     return torch.stack(outputs).mean(0)[0].float()
 
 
-def predict_cases(network: torch.nn.Module, dataset, device: torch.device,
+def _pad_for(network: torch.nn.Module, volume: torch.Tensor) -> torch.Tensor:
+    """``volume`` padded for a network of ``n_stages`` levels (FOMO's networks say how many; 6 for the FOMO26 / nnssl
+    residual encoder): to a multiple of its downsampling, and to at least two bottleneck voxels per axis, which
+    instance norm needs. A network that does not say gets UNet-B's :data:`SPATIAL_MULTIPLE`."""
+    n_stages = getattr(network, "n_stages", None)
+    if n_stages is None:
+        return pad_to_multiple(volume)
+    multiple = 2 ** (n_stages - 1)
+    return pad_to_multiple(volume, multiple, minimum=2 * multiple)
+
+
+def load_volumes(dataset) -> Dict[str, np.ndarray]:
+    """Every case of an nnU-Net dataset as a float32 array ``[C, *spatial]``, by case id in the dataset's sorted
+    order: read and decompressed once, where the per-epoch validation would otherwise re-read every case from disk
+    in every epoch while the GPU waits."""
+    return {case: np.asarray(dataset.load_case(case)[0][:], dtype=np.float32) for case in dataset.identifiers}
+
+
+def predict_cases(network: torch.nn.Module, volumes: Mapping[str, np.ndarray], device: torch.device,
                   mirror_axes: Optional[Sequence[int]] = None) -> Tuple[List[str], torch.Tensor]:
-    """Raw network outputs ``[N, num_outputs]`` (on the CPU) for every case of an nnU-Net dataset, in the order
-    of the returned case ids (the dataset's sorted ``identifiers``).
+    """Raw network outputs ``[N, num_outputs]`` (on the CPU) for every volume (see :func:`load_volumes`), in the
+    order of the returned case ids.
 
     The caller puts the network in eval mode; mixed precision is used on CUDA as in nnU-Net's own inference.
     """
     outputs = []
-    for case in dataset.identifiers:
-        data = dataset.load_case(case)[0]
-        volume = torch.from_numpy(np.asarray(data[:], dtype=np.float32)).to(device)
+    for array in volumes.values():
+        volume = torch.from_numpy(array).to(device)
         with torch.autocast(device.type, enabled=device.type == "cuda"):
             outputs.append(forward_whole_case(network, volume, mirror_axes).cpu())
-    return list(dataset.identifiers), torch.stack(outputs)
+    return list(volumes), torch.stack(outputs)
 
 
 def prediction_records(targets: Mapping[str, float], predictions: Mapping[str, float], fold: Union[int, str],

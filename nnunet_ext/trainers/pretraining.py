@@ -30,12 +30,11 @@ from typing import ClassVar, Sequence
 
 import numpy as np
 import torch
-import torch.distributed as dist
 from torch import nn
 
 from nnunet_ext.dataset_conversion.tasks import FOMO_KEY, PRETRAINING
 from nnunet_ext.errors import FomoInputError
-from nnunet_ext.trainers.base import FomoTrainerBase, unwrap_network
+from nnunet_ext.trainers.base import FomoTrainerBase, gathered, unwrap_network, world_size
 from nnunet_ext.trainers.case_validation import PAD_VALUE, plot_metric_history
 from nnunet_ext.trainers.masking import (
     MASK_CUBE_EDGE,
@@ -187,7 +186,7 @@ class FomoPretrainTrainer(FomoTrainerBase):
         _, val_keys = self.do_split()
         dataset = self.dataset_class(self.preprocessed_dataset_folder, val_keys,
                                      folder_with_segs_from_previous_stage=self.folder_with_segs_from_previous_stage)
-        mine = sorted(val_keys)[self.local_rank::self._world_size()]
+        mine = sorted(val_keys)[self.local_rank::world_size()]
         self.validation_patches = {case: centre_patch(np.asarray(dataset.load_case(case)[0][:], dtype=np.float32),
                                                       self.configuration_manager.patch_size) for case in mine}
 
@@ -205,7 +204,7 @@ class FomoPretrainTrainer(FomoTrainerBase):
         network = unwrap_network(self.network)
         losses = {}
         for index, (case, patch) in enumerate(sorted(self.validation_patches.items())):
-            generator = torch.Generator().manual_seed(VALIDATION_MASK_SEED + index * self._world_size()
+            generator = torch.Generator().manual_seed(VALIDATION_MASK_SEED + index * world_size()
                                                       + self.local_rank)
             volume = torch.from_numpy(patch)[None]
             mask = draw_cube_mask(1, volume.shape[2:], generator, self.mask_cube_edge, self.mask_ratio)
@@ -218,15 +217,7 @@ class FomoPretrainTrainer(FomoTrainerBase):
 
     def _gathered_losses(self) -> dict[str, float]:
         """Every rank's :meth:`held_out_losses`, merged (the same dict on every rank)."""
-        losses = self.held_out_losses()
-        if not self.is_ddp:
-            return losses
-        gathered: list[dict[str, float]] = [{} for _ in range(self._world_size())]
-        dist.all_gather_object(gathered, losses)
-        return {case: loss for part in gathered for case, loss in part.items()}
-
-    def _world_size(self) -> int:
-        return dist.get_world_size() if self.is_ddp else 1
+        return {case: loss for part in gathered(self.held_out_losses()) for case, loss in part.items()}
 
     def on_validation_epoch_end(self, val_outputs: list[dict]) -> None:
         """Log the held-out reconstruction loss (mean over scans) as the validation loss and selection metric."""

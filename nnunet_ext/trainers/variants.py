@@ -6,6 +6,7 @@ Each variant is a small mixin that overrides one concern, combined with a family
 | suffix | what changes |
 |---|---|
 | ``_debug`` | 2 epochs x 4 iterations, 2 validation iterations, no early stopping (smoke runs, tests) |
+| ``_debugScratch`` | the same from random weights (``fomo_demo --smoke --init scratch``) |
 | ``_cpuDemo`` | ``fomo_demo``'s short CPU schedule per task type (:data:`DEMO_SCHEDULES`), no early stopping |
 | ``_cpuDemoScratch`` | the same schedule from random weights (``fomo_demo --init scratch``: the comparison) |
 | ``_<N>epochs`` | ``num_epochs = N`` (the warm-up shrinks with it, see ``schedules.warmup_epochs_for``) |
@@ -119,8 +120,8 @@ class FrozenEncoder:
 
     Frozen parameters get no gradient, so AdamW skips them entirely (no update, no weight decay). The state is
     set at the start of every epoch from the epoch counter, so a run resumed with ``--c`` freezes correctly.
-    Single-process only: DDP (``-num_gpus`` > 1) fixes the parameters that need gradients when it wraps the
-    network, before the first epoch.
+    Under DDP the network is wrapped while everything trains, and the base's ``ddp_find_unused_parameters`` lets
+    the frozen encoder go without gradients until it unfreezes.
     """
 
     unfreeze_epoch: ClassVar[int | None] = None
@@ -157,11 +158,17 @@ class CpuDemoFromScratch(FromScratch, CpuDemoSchedule):
     """``fomo_demo``'s schedule without pretrained weights: what pretraining is compared against."""
 
 
+class DebugFromScratch(FromScratch, ShortSchedule):
+    """``_debug``'s schedule without pretrained weights (``fomo_demo --smoke --init scratch``)."""
+
+
 def _variant_specs() -> dict[str, tuple[type, dict[str, Any]]]:
     """Suffix -> (mixin, class attributes) of every variant."""
     specs: dict[str, tuple[type, dict[str, Any]]] = {
         "debug": (ShortSchedule, {"epochs": DEBUG_EPOCHS, "iterations": DEBUG_ITERATIONS,
                                    "val_iterations": DEBUG_VAL_ITERATIONS}),
+        "debugScratch": (DebugFromScratch, {"epochs": DEBUG_EPOCHS, "iterations": DEBUG_ITERATIONS,
+                                             "val_iterations": DEBUG_VAL_ITERATIONS}),
         "cpuDemo": (CpuDemoSchedule, {}),
         "cpuDemoScratch": (CpuDemoFromScratch, {}),
         "FrozenEncoder": (FrozenEncoder, {}),

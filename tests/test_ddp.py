@@ -1,0 +1,144 @@
+"""The trainers under nnU-Net's ``-num_gpus 2`` path (``run_training.run_ddp``), two gloo ranks on the CPU (see
+``ddp_gloo``): training proceeds, the ranks hold identical weights at the end and log the same validation metric,
+the case-level validation is split over the ranks, and a batch too small for the ranks is refused before anything
+trains. Pretraining's run is in ``test_pretraining``, the torchrun path in ``test_ddp_torchrun``."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+from case_level_datasets import CaseLevelDataset, planned_case_level_dataset
+from ddp_gloo import train_ddp_on_cpu
+from nnunet_ext.env import EXT_TRAINER_VAR, TRAINER_LOOKUP_FOLDER
+from nnunet_ext.errors import FomoInputError
+from nnunet_ext.trainers import FomoFinetuneTrainer, base
+from trainer_datasets import (
+    CONFIGURATION,
+    DATASET_ID,
+    DATASET_NAME,
+    TRAINING_ENV,
+    PlannedDataset,
+    planned_segmentation_dataset,
+    use_dataset,
+)
+
+#: A frozen-encoder variant that unfreezes after one of its two ``_debug`` epochs: both phases in one short run.
+UNFREEZING_TRAINER = "FomoFinetuneTrainer_FrozenEncoderUnfreeze1_debug"
+#: Folder where :func:`record_validated_cases` writes what each rank validated.
+RECORD_ENV = "FOMO_TEST_DDP_RECORD"
+REGRESSION_CASES = 10
+
+
+def _env(dataset_env: dict, results: Path) -> dict:
+    return {**dataset_env, **TRAINING_ENV, "nnUNet_results": str(results), "nnUNet_compile": "false",
+            EXT_TRAINER_VAR: str(TRAINER_LOOKUP_FOLDER)}
+
+
+def _assert_ranks_agree(ranks: list[dict], metric: str) -> list[float]:
+    """Identical weights on both ranks and the same finite ``metric`` in every epoch; returns its history."""
+    assert ranks[0]["state"].keys() == ranks[1]["state"].keys()
+    differing = [k for k in ranks[0]["state"] if not torch.equal(ranks[0]["state"][k], ranks[1]["state"][k])]
+    assert not differing, f"the ranks hold different {differing[:3]}"
+    history = [rank["logging"][metric] for rank in ranks]
+    assert history[0] == history[1] and history[0] and all(math.isfinite(v) for v in history[0])
+    return history[0]
+
+
+def register_unfreezing_trainer() -> None:
+    """(In every rank) :data:`UNFREEZING_TRAINER`, found by nnU-Net's lookup like every variant."""
+    from nnunet_ext.trainers import TRAINERS, FomoFinetuneTrainer_debug
+    from nnunet_ext.trainers.variants import FrozenEncoder
+
+    TRAINERS[UNFREEZING_TRAINER] = type(UNFREEZING_TRAINER, (FrozenEncoder, FomoFinetuneTrainer_debug),
+                                        {"unfreeze_epoch": 1})
+
+
+def record_validated_cases() -> None:
+    """(In every rank) each whole-case validation appends the network's type and its cases to a file of the rank."""
+    import torch.distributed as dist
+
+    import nnunet_ext.trainers.case_level as case_level
+
+    predict = case_level.predict_cases
+
+    def recording(network, volumes, *args, **kwargs):
+        with open(Path(os.environ[RECORD_ENV]) / f"rank{dist.get_rank()}.jsonl", "a") as f:
+            f.write(json.dumps([type(network).__name__, list(volumes)]) + "\n")
+        return predict(network, volumes, *args, **kwargs)
+
+    case_level.predict_cases = recording
+
+
+@pytest.fixture(scope="module")
+def segmentation(tmp_path_factory: pytest.TempPathFactory) -> PlannedDataset:
+    return planned_segmentation_dataset(tmp_path_factory)
+
+
+@pytest.fixture(scope="module")
+def regression(tmp_path_factory: pytest.TempPathFactory) -> CaseLevelDataset:
+    with pytest.MonkeyPatch.context() as monkeypatch:
+        return planned_case_level_dataset(tmp_path_factory, tmp_path_factory.mktemp("ddp_regression"), "regression",
+                                          REGRESSION_CASES, monkeypatch)
+
+
+def test_segmentation_frozen_then_unfrozen_trains_in_step_under_ddp(segmentation, tmp_path):
+    """Deep supervision off leaves three of the decoder's four output convs without a gradient, the frozen first
+    epoch the encoder too, and the output conv drawn afresh after the pretrained transfer differs per rank: the
+    plain FomoFinetuneTrainer's problems, and the frozen variants'."""
+    ranks = train_ddp_on_cpu(DATASET_NAME, CONFIGURATION, 0, UNFREEZING_TRAINER, tmp_path,
+                             _env(segmentation.env, tmp_path / "results"), setup=register_unfreezing_trainer)
+    _assert_ranks_agree(ranks, "ema_fg_dice")
+
+
+def test_case_level_validation_is_split_over_the_ranks_and_scored_once(regression, tmp_path):
+    """Each rank predicts its share of the validation cases through the bare network; every rank logs the metric of
+    all of them, and the one summary covers every case."""
+    (tmp_path / "record").mkdir()
+    env = {**_env(regression.env, tmp_path / "results"), RECORD_ENV: str(tmp_path / "record")}
+    trainer = "FomoRegressionTrainer_debug"
+    ranks = train_ddp_on_cpu(regression.name, CONFIGURATION, 0, trainer, tmp_path, env,
+                             setup=record_validated_cases)
+    _assert_ranks_agree(ranks, "val_mae")
+    validations = [[json.loads(line) for line in (tmp_path / "record" / f"rank{r}.jsonl").read_text().splitlines()]
+                   for r in range(2)]
+    val_cases = sorted(regression.splits[0]["val"])
+    assert len(validations[0]) == len(validations[1]) == 3  # 2 epochs, then the final validation
+    for (network0, cases0), (network1, cases1) in zip(*validations):
+        assert network0 == network1 == "FomoUNet"
+        assert not set(cases0) & set(cases1) and sorted(cases0 + cases1) == val_cases
+    summary = json.loads((Path(env["nnUNet_results"]) / regression.name / f"{trainer}__nnUNetPlans__{CONFIGURATION}"
+                          / "fold_0" / "validation" / "summary.json").read_text())
+    assert summary["n_cases"] == len(val_cases)
+
+
+def test_a_planned_batch_smaller_than_the_ranks_is_refused_before_training(segmentation, tmp_path, monkeypatch):
+    """(In this process, as if it were one of 4 ranks: the refusal comes before anything distributed happens.)"""
+    use_dataset(monkeypatch, segmentation)
+    monkeypatch.setenv("nnUNet_results", str(tmp_path))
+    monkeypatch.setattr(base, "world_size", lambda: 4)
+    with pytest.raises(FomoInputError, match="batch_size 2 cannot be split over 4 DDP ranks; re-plan with "
+                                             "fomo_plan_and_preprocess --batch-size 4"):
+        FomoFinetuneTrainer({**segmentation.plans, "continue_training": False}, CONFIGURATION, 0,
+                            segmentation.dataset_json, torch.device("cpu"))
+    assert not list(tmp_path.iterdir())
+
+
+def test_planning_a_batch_for_the_ranks(segmentation, monkeypatch):
+    """``fomo_plan_and_preprocess --batch-size 4``: plans for 4 GPUs at 2 cases each (nnU-Net splits the batch)."""
+    from nnunet_ext.preprocessing.planner import FomoPlanner, FomoPlanSettings
+
+    use_dataset(monkeypatch, segmentation)
+    settings = FomoPlanSettings(starting_filters=4, patch_size=(32,) * 3, batch_size=4)
+    planner = FomoPlanner(DATASET_ID, settings=settings, plans_name="nnUNetPlans_ddp4")
+    try:
+        plans = planner.plan_experiment()
+    finally:
+        (segmentation.root / "nnUNet_preprocessed" / DATASET_NAME / "nnUNetPlans_ddp4.json").unlink(missing_ok=True)
+    assert plans["configurations"][CONFIGURATION]["batch_size"] == 4
+    assert segmentation.plans["configurations"][CONFIGURATION]["batch_size"] == 2  # the default stays nnU-Net's

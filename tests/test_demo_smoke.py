@@ -1,0 +1,44 @@
+"""``fomo_demo`` end to end, tiny: one task, two folds, ten subjects, ``--smoke`` trainers, from scratch.
+
+The full demo takes 11 minutes; this run goes through every one of its steps (synthetic data, conversion, planning,
+two folds trained side by side, model selection, evaluation of each fold and the ensemble, REPORT.md) and checks
+that ``--tasks``, ``--folds``, ``--cases``, ``--seed``, ``--init`` and ``--smoke`` each have their effect.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+TASK, FOLDS, CASES, SEED = 3, ("0", "1"), 10, 7
+DEMO = "import sys; from nnunet_ext.demo import main; sys.exit(main(sys.argv[1:]))"
+
+
+def test_a_tiny_demo_runs_every_step_with_the_flags_given(tmp_path: Path):
+    out = tmp_path / "demo"
+    done = subprocess.run([sys.executable, "-c", DEMO, "--out", str(out), "--tasks", str(TASK), "--folds", *FOLDS,
+                           "--cases", str(CASES), "--seed", str(SEED), "--init", "scratch", "--smoke"],
+                          capture_output=True, text=True)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+
+    # --tasks and --init scratch: one task dataset, no pretraining pool
+    raw = out / "nnUNet_raw"
+    assert [p.name for p in raw.iterdir()] == ["Dataset903_FOMOBrainAge"]
+    dataset = raw / "Dataset903_FOMOBrainAge"
+    # --cases: that many subjects (some with two sessions), each a training or a test case
+    subjects = json.loads((dataset / "dataset.json").read_text())["fomo"]["subjects"]
+    images = sorted(p.name[:-len("_0000.nii.gz")] for part in ("imagesTr", "imagesTs")
+                    for p in (dataset / part).glob("*_0000.nii.gz"))
+    assert images == sorted(subjects) and len(set(subjects.values())) == CASES
+    # --smoke and --folds: the _debug trainer, exactly the folds asked for
+    model = out / "nnUNet_results" / dataset.name / "FomoRegressionTrainer_debugScratch__nnUNetPlans__3d_fullres"
+    assert sorted(p.name for p in model.glob("fold_*")) == [f"fold_{f}" for f in FOLDS]
+    # --seed reaches the commands that draw the data and the folds
+    report = (out / "REPORT.md").read_text()
+    commands = report.split("## Commands run")[1]
+    for command in ("fomo_make_synthetic", "fomo_convert", "fomo_evaluate"):
+        line = next(line for line in commands.splitlines() if line.startswith(command))
+        assert f" --seed {SEED} " in f"{line} ", line
+    assert "Smoke run" in report and "from random weights" in report and "`_debugScratch` trainers" in report

@@ -1,0 +1,105 @@
+"""A tiny-width FOMO26 ResEnc-B checkpoint through ``fomo_plan_and_preprocess --model resenc_unet_b`` and a run
+shorter than ``_debug`` (1 epoch of 1 training and 1 validation iteration; CPU), for a case-level task and for
+segmentation. The 6-stage network needs 64^3 patches, so every step costs more than the UNet-B tests' 32^3: the
+final validation (nnU-Net's, mirrored 8 times) is left to the UNet-B trainer tests, which share its code."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+import case_level_datasets
+import trainer_datasets
+from nnunet_ext.env import EXT_TRAINER_VAR, TRAINER_LOOKUP_FOLDER
+from nnunet_ext.preprocessing.plan_and_preprocess import fomo_plan_and_preprocess
+from nnunet_ext.preprocessing.planner import FomoPlanSettings
+from nnunet_ext.pretrained.resenc_layout import FOMO26, ResEncLayout
+from nnunet_ext.pretrained.testing import make_resenc_checkpoint, make_resenc_state_dict, resenc_layout_for
+from nnunet_ext.trainers import FomoClassificationTrainer, FomoFinetuneTrainer
+from nnunet_ext.trainers.pretrained_loading import TRANSFER_REPORT_FILENAME
+from nnunet_ext.trainers.variants import ShortSchedule
+
+MODEL = "resenc_unet_b"
+#: resenc_unet_b scaled to 4 features in its first stage: [4, 8, 16, 32, 40, 40], blocks 1, 3, 4, 6, 6, 6.
+STARTING_FILTERS = 4
+#: The smallest patch a 6-stage network trains on: 5 downsamplings by 2 leave 2^3 bottleneck voxels.
+PATCH = 64
+CONFIGURATION = "3d_fullres"
+CPU = torch.device("cpu")
+
+
+def _tiny_run(family: type) -> type:
+    """``family`` for 1 epoch of 1 training and 1 validation iteration."""
+    return type(f"{family.__name__}_tiny", (ShortSchedule, family),
+                {"epochs": 1, "iterations": 1, "val_iterations": 1, "__module__": __name__})
+
+
+def _plan(root: Path, dataset_id: int, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Plan the raw dataset ``dataset_id`` under ``root`` for resenc_unet_b with a tiny FOMO26 checkpoint; returns the
+    checkpoint. nnU-Net's folders are exported through ``monkeypatch``, ready for training."""
+    for name in trainer_datasets.NNUNET_DIRS:
+        (root / name).mkdir(exist_ok=True)
+        monkeypatch.setenv(name, str(root / name))
+    monkeypatch.setenv("nnUNet_def_n_proc", "1")
+    monkeypatch.delenv("FOMO_PRETRAINED", raising=False)
+    checkpoint = make_resenc_checkpoint(root / "resenc_unet_b.ckpt", resenc_layout_for(MODEL, STARTING_FILTERS))
+    fomo_plan_and_preprocess(dataset_id, FomoPlanSettings(model=MODEL, starting_filters=STARTING_FILTERS,
+                                                          patch_size=(PATCH,) * 3, pretrained=checkpoint),
+                             num_processes=1)
+    for name, value in trainer_datasets.TRAINING_ENV.items():  # after planning (see nnunet_notes.md)
+        monkeypatch.setenv(name, value)
+    monkeypatch.setenv(EXT_TRAINER_VAR, str(TRAINER_LOOKUP_FOLDER))
+    return checkpoint
+
+
+def _check_fold(fold: Path, task_type: str, n_layout_tensors: int) -> None:
+    """The fold folder of a finished ``_debug`` run: the network is FomoResEncUNet and took the whole checkpoint."""
+    report = json.loads((fold / TRANSFER_REPORT_FILENAME).read_text())
+    assert report["complete"] and report["network"]["family"] == "resenc"
+    assert report["network"]["task_type"] == task_type
+    assert report["layout"]["blocks_per_stage"] == [1, 3, 4, 6, 6, 6] and report["layout"]["naming"] == FOMO26
+    # every checkpoint tensor is accounted for: loaded, adapted (the stem) or reported unused
+    sources = [entry["source"] for entry in report["entries"] if entry["source"] is not None]
+    assert len(sources) == len(set(sources)) == n_layout_tensors
+    final = torch.load(fold / "checkpoint_final.pth", map_location="cpu", weights_only=False)
+    assert final["init_args"]["plans"]["configurations"][CONFIGURATION]["architecture"]["network_class_name"] \
+        == "nnunet_ext.networks.FomoResEncUNet"
+    assert all(torch.isfinite(t).all() for t in final["network_weights"].values() if t.is_floating_point())
+
+
+def test_classification_debug_run_from_a_resenc_checkpoint(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    task = case_level_datasets.TASKS["classification"]
+    dataset = case_level_datasets.CaseLevelDataset(tmp_path, "classification", task["dataset_id"],
+                                                   case_level_datasets.case_targets("classification", 6), n_folds=3)
+    case_level_datasets.make_raw_dataset(dataset)
+    checkpoint = _plan(tmp_path, dataset.dataset_id, monkeypatch)
+    plans = json.loads((tmp_path / "nnUNet_preprocessed" / dataset.name / "nnUNetPlans.json").read_text())
+    architecture = plans["configurations"][CONFIGURATION]["architecture"]
+    assert architecture["arch_kwargs"]["head_pool_levels"] == [5]  # the bottleneck of 6 stages, FOMO26's head
+    assert plans["configurations"][CONFIGURATION]["fomo"]["pretrained"]["model"] == MODEL
+    trainer = case_level_datasets.build_trainer(dataset, _tiny_run(FomoClassificationTrainer))
+    trainer.run_training()
+    fold = Path(trainer.output_folder)
+    _check_fold(fold, "classification", len(make_resenc_state_dict(resenc_layout_for(MODEL, STARTING_FILTERS))))
+    logged = torch.load(fold / "checkpoint_final.pth", map_location="cpu", weights_only=False)["logging"]
+    assert len(logged["val_auroc"]) == 1  # the whole-case validation of the epoch ran on the padded 6-stage input
+    assert checkpoint.is_file()
+
+
+def test_segmentation_debug_run_from_a_resenc_checkpoint(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    raw = tmp_path / "nnUNet_raw" / trainer_datasets.DATASET_NAME
+    trainer_datasets.make_raw_dataset(raw)
+    _plan(tmp_path, trainer_datasets.DATASET_ID, monkeypatch)
+    preprocessed = tmp_path / "nnUNet_preprocessed" / trainer_datasets.DATASET_NAME
+    trainer = _tiny_run(FomoFinetuneTrainer)(
+        {**json.loads((preprocessed / "nnUNetPlans.json").read_text()), "continue_training": False}, CONFIGURATION,
+        0, json.loads((preprocessed / "dataset.json").read_text()), CPU)
+    trainer.run_training()
+    fold = Path(trainer.output_folder)
+    layout: ResEncLayout = resenc_layout_for(MODEL, STARTING_FILTERS)
+    _check_fold(fold, "segmentation", len(make_resenc_state_dict(layout)))
+    network = torch.load(fold / "checkpoint_final.pth", map_location="cpu", weights_only=False)["network_weights"]
+    assert network["decoder.seg_layers.4.weight"].shape == (2, STARTING_FILTERS, 1, 1, 1)  # background + lesion
