@@ -84,7 +84,7 @@ DEFAULT_STARTING_FILTERS = 32
 #: ``--quick``: a smoke run of under a minute that only shows the benchmark works; its numbers mean nothing.
 QUICK_CASES = 5
 QUICK_SPACING_MM = 4.0
-QUICK_PATCH_EDGES = (32, 48)
+QUICK_PATCH_EDGES = (32,)
 #: No worker and several workers: one worker more only repeats the multi-process path, for seconds of CI time.
 QUICK_WORKERS = (0, 2)
 QUICK_BATCHES = 2

@@ -67,7 +67,7 @@ PLANNING_SCALE = 0.3
 #: ``--quick``: a smoke run of about a minute that only shows the benchmark works.
 QUICK_STARTING_FILTERS = 4
 QUICK_SHAPE = tuple(round(edge * PLANNING_SCALE) for edge in BRAIN_SHAPE)
-QUICK_REPEATS = 2
+QUICK_REPEATS = 1
 NIFTI_SUFFIX = ".nii.gz"
 
 

@@ -19,7 +19,7 @@ def test_quick_run_measures_both_loaders_and_networks(tmp_path: Path):
     assert done.returncode == 0, done.stderr[-3000:]
     report = json.loads((tmp_path / "data_loading.json").read_text())
     assert report["trainers"] == {"case_level": "FomoRegressionTrainer_Scratch", "segmentation": "nnUNetTrainer"}
-    assert [p["patch_size"] for p in report["patches"]] == [[32] * 3, [48] * 3]
+    assert [p["patch_size"] for p in report["patches"]] == [[32] * 3]
     for patch in report["patches"]:
         assert [row["workers"] for row in patch["loaders"]] == report["workers"] == [0, 2]
         for kind in KINDS:

@@ -32,9 +32,19 @@ def test_a_tiny_demo_runs_every_step_with_the_flags_given(tmp_path: Path):
     images = sorted(p.name[:-len("_0000.nii.gz")] for part in ("imagesTr", "imagesTs")
                     for p in (dataset / part).glob("*_0000.nii.gz"))
     assert images == sorted(subjects) and len(set(subjects.values())) == CASES
-    # --smoke and --folds: the _debug trainer, exactly the folds asked for
-    model = out / "nnUNet_results" / dataset.name / "FomoRegressionTrainer_debugScratch__nnUNetPlans__3d_fullres"
+    # --smoke and --folds: the _debug trainer, exactly the folds asked for, side by side, each with its own log, and
+    # one console line naming the step's log
+    trainer = "FomoRegressionTrainer_debugScratch"
+    model = out / "nnUNet_results" / dataset.name / f"{trainer}__nnUNetPlans__3d_fullres"
     assert sorted(p.name for p in model.glob("fold_*")) == [f"fold_{f}" for f in FOLDS]
+    for fold in FOLDS:
+        fold_log = (out / "logs" / f"task{TASK}_4_training_fold{fold}.log").read_text()
+        assert fold_log.startswith(f"$ nnUNetv2_train 903 3d_fullres {fold} -tr {trainer} -device cpu\n")
+        assert "Epoch time" in fold_log
+    assert "2 folds in 2 processes" in (out / "logs" / f"task{TASK}_4_training.log").read_text()
+    training_lines = [line for line in done.stdout.replace("\r", "\n").splitlines() if "training_fold" in line
+                      or line.rstrip().endswith(f"log: logs/task{TASK}_4_training.log")]
+    assert len(training_lines) == 1
     # --seed reaches the commands that draw the data and the folds
     report = (out / "REPORT.md").read_text()
     commands = report.split("## Commands run")[1]

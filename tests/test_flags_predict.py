@@ -1,6 +1,6 @@
 """The effect of fomo_predict's and fomo_evaluate's result-changing flags, on the tiny trained classifier:
 ``--disable_tta`` (one plain forward pass per fold), ``-chk`` (that checkpoint's weights, also in
-fomo_export_submission), ``-f all``.
+fomo_export_submission and, as ``--checkpoint``, fomo_challenge_predict), ``-f all``, ``-p``, ``-c``.
 
 A copy of the model's results folder is rearranged so that each flag has a visible effect: fold 0's
 ``checkpoint_best.pth`` holds fold 1's final weights, a ``fold_all`` is a copy of fold 1, and the model under other
@@ -155,3 +155,40 @@ def test_plans_and_configuration_flags_pick_the_model_folder(flags: list[str], m
     other = predict(model, tmp_path / "other", "-f", "0", "--disable_tta", *flags)
     # the other model folder's fold 0 holds fold 1's weights
     np.testing.assert_allclose(fold_values(other, 0), fold_values(default, 1), rtol=FLOAT_TOLERANCE)
+
+
+@pytest.mark.parametrize("flags, column", [(["-f", "all"], "all"), (["-f", "0", "-p", OTHER_PLANS], 0),
+                                           (["-f", "0", "-c", OTHER_CONFIGURATION], 0)],
+                         ids=["fold all", "plans", "configuration"])
+def test_evaluate_fold_plans_and_configuration_flags_pick_the_model(flags: list[str], column, model: TrainedModel,
+                                                                    tmp_path: Path,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    use_model(monkeypatch, model)
+    reference = predict(model, tmp_path / "reference", "-f", "1", "--disable_tta")
+    output = tmp_path / "eval"
+    assert evaluate_main(["-d", model.dataset_id, "-o", str(output), "-tr", model.trainer, "--disable_tta",
+                          "-device", "cpu", "--n-bootstrap", str(N_BOOTSTRAP), *flags]) == 0
+    written = {r["case"]: r for r in json.loads((output / "predictions" / "predictions.json").read_text())}
+    # fold_all, and fold 0 of the other plans' and configuration's folders, hold fold 1's weights
+    np.testing.assert_allclose(fold_values(written, column), fold_values(reference, 1), rtol=FLOAT_TOLERANCE)
+
+
+def test_challenge_predict_checkpoint_flag_changes_the_weights_used(model: TrainedModel, tmp_path: Path,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    from test_container import model_root, run, session_files
+
+    root = tmp_path / "container_model"
+    for name in ("nnUNet_raw", "nnUNet_preprocessed"):
+        root.mkdir(exist_ok=True)
+        (root / name).symlink_to(model.root / name)
+    folds_only = TrainedModel(root, model.task_type, model.dataset_name)
+    shutil.copytree(model.model_folder, folds_only.model_folder, ignore=shutil.ignore_patterns("fold_all"))
+    model_root(folds_only, 1, tmp_path, monkeypatch)
+    files = session_files(folds_only, 1, tmp_path / "input" / "ses_1")
+    values = {}
+    for name, extra in (("default", ()), ("final", ("--checkpoint", "checkpoint_final.pth")),
+                        ("best", ("--checkpoint", "checkpoint_best.pth"))):
+        assert run(files, tmp_path / name / "sub_1.txt", *extra) == 0
+        values[name] = float((tmp_path / name / "sub_1.txt").read_text())
+    # fold 0's checkpoint_best.pth holds fold 1's final weights: another ensemble, another probability
+    assert values["final"] == values["default"] and values["best"] != pytest.approx(values["default"], abs=1e-6)
