@@ -15,7 +15,7 @@ import statistics
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any, Dict, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence
 
 REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:  # run as a script from a clone without installing
@@ -67,10 +67,19 @@ print(json.dumps({"steps_per_s": steps / seconds, "minor_faults_per_step": (afte
 """
 
 
+def mode_command(mode: str, steps: int, filters: int, shape: Sequence[int]) -> List[str]:
+    """The command line of one mode's fresh process (see :data:`STEPS_SCRIPT`)."""
+    return [sys.executable, "-c", STEPS_SCRIPT, mode, str(steps), str(filters), *map(str, shape), str(THREADS)]
+
+
+def mode_result(stdout: str) -> Dict[str, float]:
+    """What a mode's process reported (its last line of output)."""
+    return json.loads(stdout.strip().splitlines()[-1])
+
+
 def run_mode(mode: str, steps: int, filters: int, shape: Sequence[int]) -> Dict[str, float]:
-    done = subprocess.run([sys.executable, "-c", STEPS_SCRIPT, mode, str(steps), str(filters), *map(str, shape),
-                           str(THREADS)], capture_output=True, text=True, check=True)
-    return json.loads(done.stdout.strip().splitlines()[-1])
+    done = subprocess.run(mode_command(mode, steps, filters, shape), capture_output=True, text=True, check=True)
+    return mode_result(done.stdout)
 
 
 def run_benchmark(rounds: int, steps: int, filters: int, shape: Sequence[int]) -> Dict[str, Any]:

@@ -5,10 +5,15 @@ process group (gloo instead), ``torch.cuda.set_device``, and the CUDA device ``r
 (the CPU instead; our trainers then keep the CPU, drop the CUDA gradient scaler and wrap the network for DDP on it).
 An optional ``setup`` function runs in every rank first (e.g. to record what each rank does). Every rank then dumps
 its parameters and its logged values at the end of training, so that a test can check that the ranks agree.
+
+The ranks are forked from a fork server that imported the heavy third-party libraries once (``fresh_process``'s
+list, never nnU-Net, which reads its folders from the environment when imported), instead of spawned, each paying
+those imports again; each rank takes the environment of the test that starts it, as a spawned process would.
 """
 
 from __future__ import annotations
 
+import multiprocessing
 import os
 import socket
 from pathlib import Path
@@ -17,6 +22,7 @@ from typing import Callable, Optional
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
+from fresh_process import PRELOADED
 
 #: The network's state and the logger's values of each rank, written where the test asks.
 RANK_DUMP = "rank{rank}.pt"
@@ -30,6 +36,7 @@ def free_port() -> int:
 
 def _rank(rank: int, world_size: int, port: int, dump_folder: str, env: dict, args: tuple,
           setup: Optional[Callable[[], None]]) -> None:
+    os.environ.clear()
     os.environ.update(env)
     os.environ.update({"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)})
     torch.set_num_threads(1)
@@ -67,6 +74,7 @@ def train_ddp_on_cpu(dataset: str, configuration: str, fold, trainer: str, dump_
     # run_ddp's arguments after the rank: dataset, configuration, fold, trainer, plans, disable_checkpointing,
     # continue, only validation, pretrained weights, npz, validation with the best checkpoint
     args = (dataset, configuration, fold, trainer, plans, False, False, False, None, False, False)
-    mp.spawn(_rank, args=(world_size, free_port(), str(dump_folder), env, args, setup), nprocs=world_size,
-             join=True)
+    multiprocessing.set_forkserver_preload(list(PRELOADED))
+    mp.start_processes(_rank, args=(world_size, free_port(), str(dump_folder), {**os.environ, **env}, args, setup),
+                       nprocs=world_size, join=True, start_method="forkserver")
     return [torch.load(dump_folder / RANK_DUMP.format(rank=rank), weights_only=False) for rank in range(world_size)]

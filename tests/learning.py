@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import random
+from pathlib import Path
 from typing import Iterator, NamedTuple
 
 import numpy as np
@@ -89,3 +90,16 @@ def weights_after_pretrained_load() -> Iterator[list[dict[str, torch.Tensor]]]:
 def changed_tensors(before: dict[str, torch.Tensor], after: dict[str, torch.Tensor]) -> set[str]:
     """Names of the tensors of ``before`` whose values differ in ``after``."""
     return {name for name, value in before.items() if not torch.equal(value, after[name].to(value.device))}
+
+
+#: A case-level network's head and its first and last encoder convolutions: a gradient that changed all of them
+#: reached through the whole encoder.
+HEAD_AND_ENCODER_ENDS = {"head.linear.weight", "head.linear.bias", "encoder.stages.0.0.convs.0.conv.weight",
+                         "encoder.stages.4.1.convs.1.conv.weight"}
+
+
+def head_and_encoder_ends_changed(fold: Path, loaded: dict[str, torch.Tensor]) -> set[str]:
+    """Which of :data:`HEAD_AND_ENCODER_ENDS` differ between ``loaded`` (right after the pretrained load) and the
+    fold's ``checkpoint_final.pth``."""
+    final = torch.load(fold / "checkpoint_final.pth", map_location="cpu", weights_only=False)["network_weights"]
+    return changed_tensors(loaded, final) & HEAD_AND_ENCODER_ENDS

@@ -1,8 +1,9 @@
-"""One contract for every console script, run as a user runs it (the installed script, in a fresh process): a user
-error exits 2 with one line naming the file or option and what is wrong, no traceback, and nothing written.
+"""One contract for every console script, run as a user runs it (its installed entry point, in a process of its own,
+``fresh_process``): a user error exits 2 with one line naming the file or option and what is wrong, no traceback,
+and nothing written.
 
-Each command starts torch and nnU-Net, seconds of one core's time: the commands run side by side, one per usable
-core, each in a folder of its own, and each case's test checks its command's result.
+The commands run side by side, one per usable core, each in a folder of its own, and each case's test checks its
+command's result.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import pytest
 import torch
 
 from fomo_files import FomoTree, write_broken_header
+from fresh_process import run_fresh
 from nnunet_ext.errors import EXIT_BAD_INPUT
 
 SCRIPTS = Path(sys.executable).parent
@@ -119,8 +121,7 @@ def run_case(case: str, root: Path) -> CommandRun:
     before = sorted(root.rglob("*"))
     environment = {**os.environ, **{n: str(root / n) for n in ("nnUNet_raw", "nnUNet_preprocessed",
                                                                   "nnUNet_results")}}
-    done = subprocess.run([str(SCRIPTS / argv[0]), *argv[1:]], capture_output=True, text=True, env=environment,
-                          timeout=COMMAND_TIMEOUT_S, cwd=root)
+    done = run_fresh([str(SCRIPTS / argv[0]), *argv[1:]], env=environment, timeout=COMMAND_TIMEOUT_S, cwd=root)
     return CommandRun(done, before, sorted(root.rglob("*")))
 
 

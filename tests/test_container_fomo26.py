@@ -18,6 +18,7 @@ import pytest
 import SimpleITK as sitk
 import torch
 from fomo_files import brain_volume, write_nifti
+from fresh_process import run_fresh
 from nnunetv2.imageio.simpleitk_reader_writer import SimpleITKIO
 from test_container import DIRECTION, TASK_TYPES, model_root, session_files
 from test_submission import CALL_TIMEOUT_S, PREDICT_PY, export, read_only_subject, writable_cleanup  # noqa: F401
@@ -59,8 +60,8 @@ def instance_exec(subject: Path, task_id: int, output: Path, model_dir: Path) ->
     argv = [arg for flag in FOMO26_FLAGS[task_id] for arg in (f"--{flag}", str(files[flag]))]
     environment = {k: v for k, v in os.environ.items() if k not in NNUNET_DIRS}
     environment.update(FOMO_MODEL_DIR=str(model_dir), nnUNet_def_n_proc="1")
-    return subprocess.run([sys.executable, str(PREDICT_PY), *argv, "--output", str(output), "--device", "cpu"],
-                          capture_output=True, text=True, env=environment, timeout=CALL_TIMEOUT_S)
+    return run_fresh([sys.executable, str(PREDICT_PY), *argv, "--output", str(output), "--device", "cpu"],
+                     env=environment, timeout=CALL_TIMEOUT_S)
 
 
 def check_as_fomo26_validator(output: Path, task_id: int, inputs: list) -> None:

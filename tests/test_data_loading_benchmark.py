@@ -8,14 +8,15 @@ import subprocess
 import sys
 from pathlib import Path
 
+from fresh_process import run_fresh
+
 REPO = Path(__file__).resolve().parents[1]
 BENCHMARK = REPO / "benchmarks" / "data_loading.py"
 KINDS = ("case_level", "segmentation")
 
 
 def test_quick_run_measures_both_loaders_and_networks(tmp_path: Path):
-    done = subprocess.run([sys.executable, str(BENCHMARK), "--quick", "--out", str(tmp_path)],
-                          capture_output=True, text=True, cwd=REPO)
+    done = run_fresh([sys.executable, str(BENCHMARK), "--quick", "--out", str(tmp_path)], cwd=REPO)
     assert done.returncode == 0, done.stderr[-3000:]
     report = json.loads((tmp_path / "data_loading.json").read_text())
     assert report["trainers"] == {"case_level": "FomoRegressionTrainer_Scratch", "segmentation": "nnUNetTrainer"}

@@ -8,9 +8,10 @@ that ``--tasks``, ``--folds``, ``--cases``, ``--seed``, ``--init`` and ``--smoke
 from __future__ import annotations
 
 import json
-import subprocess
 import sys
 from pathlib import Path
+
+from fresh_process import run_fresh
 
 TASK, FOLDS, CASES, SEED = 3, ("0", "1"), 10, 7
 DEMO = "import sys; from nnunet_ext.demo import main; sys.exit(main(sys.argv[1:]))"
@@ -18,9 +19,8 @@ DEMO = "import sys; from nnunet_ext.demo import main; sys.exit(main(sys.argv[1:]
 
 def test_a_tiny_demo_runs_every_step_with_the_flags_given(tmp_path: Path):
     out = tmp_path / "demo"
-    done = subprocess.run([sys.executable, "-c", DEMO, "--out", str(out), "--tasks", str(TASK), "--folds", *FOLDS,
-                           "--cases", str(CASES), "--seed", str(SEED), "--init", "scratch", "--smoke"],
-                          capture_output=True, text=True)
+    done = run_fresh([sys.executable, "-c", DEMO, "--out", str(out), "--tasks", str(TASK), "--folds", *FOLDS,
+                      "--cases", str(CASES), "--seed", str(SEED), "--init", "scratch", "--smoke"])
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
 
     # --tasks and --init scratch: one task dataset, no pretraining pool

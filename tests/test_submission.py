@@ -16,6 +16,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
+from fresh_process import run_fresh
 from test_container import TASK_FLAGS, TASK_TYPES, session_files
 from trained_models import FOLDS, NNUNET_DIRS, TrainedModel, use_model
 
@@ -55,8 +56,8 @@ def validator_call(subject: Path, task_id: int, output: Path, model_dir: Path) -
             for arg in (f"--{flag}", str(next(p for p in files if flag in p.name.lower())))]
     environment = {k: v for k, v in os.environ.items() if k not in NNUNET_DIRS}
     environment.update(FOMO_MODEL_DIR=str(model_dir), nnUNet_def_n_proc="1")
-    return subprocess.run([sys.executable, str(PREDICT_PY), *argv, "--output", str(output), "--device", "cpu"],
-                          capture_output=True, text=True, env=environment, timeout=CALL_TIMEOUT_S)
+    return run_fresh([sys.executable, str(PREDICT_PY), *argv, "--output", str(output), "--device", "cpu"],
+                     env=environment, timeout=CALL_TIMEOUT_S)
 
 
 @pytest.fixture
@@ -159,10 +160,9 @@ def test_a_missing_file_fails_with_one_line_and_status_2(trained_model, tmp_path
     model = trained_model("regression")
     model_dir = export(model, 3, tmp_path / "models", monkeypatch).parent
     subject = read_only_subject(model, 3, tmp_path / "input", 3)
-    done = subprocess.run([sys.executable, str(PREDICT_PY), "--t1", str(subject / "ses_1" / "t1.nii.gz"),
-                           "--t2", str(subject / "ses_1" / "absent.nii.gz"), "--output", str(tmp_path / "sub_3.txt"),
-                           "--device", "cpu"], capture_output=True, text=True, timeout=CALL_TIMEOUT_S,
-                          env={**os.environ, "FOMO_MODEL_DIR": str(model_dir)})
+    done = run_fresh([sys.executable, str(PREDICT_PY), "--t1", str(subject / "ses_1" / "t1.nii.gz"),
+                      "--t2", str(subject / "ses_1" / "absent.nii.gz"), "--output", str(tmp_path / "sub_3.txt"),
+                      "--device", "cpu"], timeout=CALL_TIMEOUT_S, env={**os.environ, "FOMO_MODEL_DIR": str(model_dir)})
     assert done.returncode == EXIT_BAD_INPUT and "Traceback" not in done.stderr
     assert f"error: {subject / 'ses_1' / 'absent.nii.gz'}: image file does not exist" in done.stderr
     assert not (tmp_path / "sub_3.txt").exists()

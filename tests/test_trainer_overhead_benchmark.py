@@ -9,6 +9,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from fresh_process import run_fresh
+
 REPO = Path(__file__).resolve().parents[1]
 BENCHMARK = REPO / "benchmarks" / "trainer_overhead.py"
 #: The segmentation trainer and one case-level trainer (classification shares regression's code path and costs
@@ -18,8 +20,8 @@ PHASES = {"data", "forward_loss", "backward_step"}
 
 
 def test_quick_run_times_every_trainer_against_the_stock_one(tmp_path: Path):
-    done = subprocess.run([sys.executable, str(BENCHMARK), "--quick", "--tasks", *OURS, "--out", str(tmp_path)],
-                          capture_output=True, text=True, cwd=REPO)
+    done = run_fresh([sys.executable, str(BENCHMARK), "--quick", "--tasks", *OURS, "--out", str(tmp_path)],
+                     cwd=REPO)
     assert done.returncode == 0, done.stderr[-3000:]
     report = json.loads((tmp_path / "trainer_overhead.json").read_text())
     settings = report["settings"]

@@ -7,7 +7,6 @@ import math
 import os
 import re
 import shutil
-import subprocess
 import sys
 from pathlib import Path
 
@@ -34,6 +33,7 @@ from nnunet_ext.trainers.pretrained_loading import (
     resolve_pretrained_source,
 )
 from case_level_datasets import shortened
+from fresh_process import run_fresh
 from learning import Fit, fit_whole_cases, seed_everything
 from trainer_datasets import (
     CONFIGURATION,
@@ -72,7 +72,7 @@ def _subprocess_env(dataset: PlannedDataset) -> dict[str, str]:
 
 def _run(command: list[str], dataset: PlannedDataset, results: Path | None = None) -> None:
     env = _subprocess_env(dataset) if results is None else {**_subprocess_env(dataset), "nnUNet_results": str(results)}
-    done = subprocess.run(command, env=env, capture_output=True, text=True)
+    done = run_fresh(command, env=env)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
 
 
@@ -207,8 +207,8 @@ def test_nnunet_train_refuses_a_checkpoint_that_does_not_fit_in_one_line_before_
     results = tmp_path / "results"
     results.mkdir()
     env = {**_subprocess_env(dataset), "nnUNet_results": str(results), PRETRAINED_ENV_VAR: str(wide)}
-    done = subprocess.run([str(BIN / "nnUNetv2_train"), str(DATASET_ID), CONFIGURATION, str(FOLD), "-tr",
-                           DEBUG_TRAINER, "-device", "cpu"], env=env, capture_output=True, text=True)
+    done = run_fresh([str(BIN / "nnUNetv2_train"), str(DATASET_ID), CONFIGURATION, str(FOLD), "-tr", DEBUG_TRAINER,
+                      "-device", "cpu"], env=env)
     assert done.returncode == EXIT_BAD_INPUT, done.stderr[-3000:]
     # (torch may print a FutureWarning first)
     assert (f"\nerror: {wide}: checkpoint named by the ${PRETRAINED_ENV_VAR}: refusing the checkpoint: the "
