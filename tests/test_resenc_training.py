@@ -1,24 +1,29 @@
-"""A tiny-width FOMO26 ResEnc-B checkpoint through ``fomo_plan_and_preprocess --model resenc_unet_b`` and a run
-shorter than ``_debug`` (1 epoch of 1 training and 1 validation iteration; CPU), for a case-level task and for
-segmentation. The 6-stage network needs 64^3 patches, so every step costs more than the UNet-B tests' 32^3: the
-final validation (nnU-Net's, mirrored 8 times) is left to the UNet-B trainer tests, which share its code."""
+"""A tiny-width FOMO26 ResEnc-B checkpoint through ``fomo_plan_and_preprocess --model resenc_unet_b``, a run shorter
+than ``_debug`` (1 epoch of 1 training and 1 validation iteration; CPU) and ``fomo_predict`` with the trained fold,
+for each of the three tasks. The 6-stage network needs 64^3 patches, so every step costs more than the UNet-B tests'
+32^3: the final validation (nnU-Net's, mirrored 8 times) is left to the UNet-B trainer tests, which share its code,
+and prediction runs without test-time mirroring."""
 
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
+import numpy as np
 import pytest
+import SimpleITK as sitk
 import torch
 
 import case_level_datasets
 import trainer_datasets
 from nnunet_ext.env import EXT_TRAINER_VAR, TRAINER_LOOKUP_FOLDER
+from nnunet_ext.inference.predict import main as fomo_predict
 from nnunet_ext.preprocessing.plan_and_preprocess import fomo_plan_and_preprocess
 from nnunet_ext.preprocessing.planner import FomoPlanSettings
 from nnunet_ext.pretrained.resenc_layout import FOMO26, ResEncLayout
 from nnunet_ext.pretrained.testing import make_resenc_checkpoint, make_resenc_state_dict, resenc_layout_for
-from nnunet_ext.trainers import FomoClassificationTrainer, FomoFinetuneTrainer
+from nnunet_ext.trainers import TRAINERS, FomoClassificationTrainer, FomoFinetuneTrainer, FomoRegressionTrainer
 from nnunet_ext.trainers.pretrained_loading import TRANSFER_REPORT_FILENAME
 from nnunet_ext.trainers.variants import ShortSchedule
 
@@ -31,10 +36,24 @@ CONFIGURATION = "3d_fullres"
 CPU = torch.device("cpu")
 
 
-def _tiny_run(family: type) -> type:
-    """``family`` for 1 epoch of 1 training and 1 validation iteration."""
-    return type(f"{family.__name__}_tiny", (ShortSchedule, family),
-                {"epochs": 1, "iterations": 1, "val_iterations": 1, "__module__": __name__})
+def _tiny_run(family: type, monkeypatch: pytest.MonkeyPatch) -> type:
+    """``family`` for 1 epoch of 1 training and 1 validation iteration, registered for the test as nnU-Net's predictor
+    finds every variant (by its name, ``TRAINERS``)."""
+    trainer = type(f"{family.__name__}_tiny", (ShortSchedule, family),
+                   {"epochs": 1, "iterations": 1, "val_iterations": 1, "__module__": __name__})
+    monkeypatch.setitem(TRAINERS, trainer.__name__, trainer)
+    return trainer
+
+
+def _predict(fold: Path, raw: Path, case: str, out: Path) -> None:
+    """``fomo_predict`` of one training case of ``raw`` with the trained ``fold`` alone, without mirroring."""
+    images = out.parent / "images"
+    images.mkdir()
+    for image in raw.glob(f"imagesTr/{case}_*.nii.gz"):
+        (images / image.name).symlink_to(image)
+    dataset_id = raw.name[len("Dataset"):len("Dataset") + 3]
+    assert fomo_predict(["-i", str(images), "-o", str(out), "-d", dataset_id, "-tr", fold.parent.name.split("__")[0],
+                         "-f", "0", "-device", "cpu", "--disable_tta"]) == 0
 
 
 def _plan(root: Path, dataset_id: int, monkeypatch: pytest.MonkeyPatch) -> Path:
@@ -70,23 +89,33 @@ def _check_fold(fold: Path, task_type: str, n_layout_tensors: int) -> None:
     assert all(torch.isfinite(t).all() for t in final["network_weights"].values() if t.is_floating_point())
 
 
-def test_classification_debug_run_from_a_resenc_checkpoint(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
-    task = case_level_datasets.TASKS["classification"]
-    dataset = case_level_datasets.CaseLevelDataset(tmp_path, "classification", task["dataset_id"],
-                                                   case_level_datasets.case_targets("classification", 6), n_folds=3)
+@pytest.mark.parametrize("task_type, family, metric", [("classification", FomoClassificationTrainer, "val_auroc"),
+                                                        ("regression", FomoRegressionTrainer, "val_mae")])
+def test_case_level_debug_run_from_a_resenc_checkpoint_then_prediction(task_type: str, family: type, metric: str,
+                                                                        tmp_path: Path,
+                                                                        monkeypatch: pytest.MonkeyPatch):
+    task = case_level_datasets.TASKS[task_type]
+    dataset = case_level_datasets.CaseLevelDataset(tmp_path, task_type, task["dataset_id"],
+                                                   case_level_datasets.case_targets(task_type, 6), n_folds=3)
     case_level_datasets.make_raw_dataset(dataset)
     checkpoint = _plan(tmp_path, dataset.dataset_id, monkeypatch)
     plans = json.loads((tmp_path / "nnUNet_preprocessed" / dataset.name / "nnUNetPlans.json").read_text())
     architecture = plans["configurations"][CONFIGURATION]["architecture"]
     assert architecture["arch_kwargs"]["head_pool_levels"] == [5]  # the bottleneck of 6 stages, FOMO26's head
     assert plans["configurations"][CONFIGURATION]["fomo"]["pretrained"]["model"] == MODEL
-    trainer = case_level_datasets.build_trainer(dataset, _tiny_run(FomoClassificationTrainer))
+    trainer = case_level_datasets.build_trainer(dataset, _tiny_run(family, monkeypatch))
     trainer.run_training()
     fold = Path(trainer.output_folder)
-    _check_fold(fold, "classification", len(make_resenc_state_dict(resenc_layout_for(MODEL, STARTING_FILTERS))))
+    _check_fold(fold, task_type, len(make_resenc_state_dict(resenc_layout_for(MODEL, STARTING_FILTERS))))
     logged = torch.load(fold / "checkpoint_final.pth", map_location="cpu", weights_only=False)["logging"]
-    assert len(logged["val_auroc"]) == 1  # the whole-case validation of the epoch ran on the padded 6-stage input
+    assert len(logged[metric]) == 1  # the whole-case validation of the epoch ran on the padded 6-stage input
     assert checkpoint.is_file()
+
+    case = sorted(dataset.targets)[0]
+    _predict(fold, tmp_path / "nnUNet_raw" / dataset.name, case, tmp_path / "predicted")
+    (record,) = json.loads((tmp_path / "predicted" / "predictions.json").read_text())
+    assert record["case"] == case and math.isfinite(record["prediction"])
+    assert 0 <= record["prediction"] <= 1 if task_type == "classification" else record["prediction"] > 0
 
 
 def test_segmentation_debug_run_from_a_resenc_checkpoint(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
@@ -94,7 +123,7 @@ def test_segmentation_debug_run_from_a_resenc_checkpoint(tmp_path: Path, monkeyp
     trainer_datasets.make_raw_dataset(raw)
     _plan(tmp_path, trainer_datasets.DATASET_ID, monkeypatch)
     preprocessed = tmp_path / "nnUNet_preprocessed" / trainer_datasets.DATASET_NAME
-    trainer = _tiny_run(FomoFinetuneTrainer)(
+    trainer = _tiny_run(FomoFinetuneTrainer, monkeypatch)(
         {**json.loads((preprocessed / "nnUNetPlans.json").read_text()), "continue_training": False}, CONFIGURATION,
         0, json.loads((preprocessed / "dataset.json").read_text()), CPU)
     trainer.run_training()
@@ -103,3 +132,10 @@ def test_segmentation_debug_run_from_a_resenc_checkpoint(tmp_path: Path, monkeyp
     _check_fold(fold, "segmentation", len(make_resenc_state_dict(layout)))
     network = torch.load(fold / "checkpoint_final.pth", map_location="cpu", weights_only=False)["network_weights"]
     assert network["decoder.seg_layers.4.weight"].shape == (2, STARTING_FILTERS, 1, 1, 1)  # background + lesion
+
+    case = sorted(p.name[: -len(".nii.gz")] for p in (raw / "labelsTr").glob("*.nii.gz"))[0]
+    _predict(fold, raw, case, tmp_path / "predicted")
+    mask = sitk.ReadImage(str(tmp_path / "predicted" / f"{case}.nii.gz"))
+    image = sitk.ReadImage(str(raw / "imagesTr" / f"{case}_0000.nii.gz"))
+    assert mask.GetSize() == image.GetSize() and mask.GetSpacing() == image.GetSpacing()
+    assert set(np.unique(sitk.GetArrayFromImage(mask))) <= {0, 1}
