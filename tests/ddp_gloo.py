@@ -3,8 +3,11 @@
 nnU-Net hard-codes CUDA in three places of that path; each rank patches exactly those and nothing else: the NCCL
 process group (gloo instead), ``torch.cuda.set_device``, and the CUDA device ``run_ddp`` builds the trainer for
 (the CPU instead; our trainers then keep the CPU, drop the CUDA gradient scaler and wrap the network for DDP on it).
-An optional ``setup`` function runs in every rank first (e.g. to record what each rank does). Every rank then dumps
-its parameters and its logged values at the end of training, so that a test can check that the ranks agree.
+Each rank seeds torch with its rank first: ranks whose random streams differ (anything that seeds by rank, each
+GPU's own generator) must still end with the same weights, and a test must not pass only because two processes
+started from the same default seed draw the same "random" layers. An optional ``setup`` function runs in every rank
+next (e.g. to record what each rank does). Every rank then dumps its parameters and its logged values at the end of
+training, so that a test can check that the ranks agree.
 
 The ranks are forked from a fork server that imported the heavy third-party libraries once (``fresh_process``'s
 list, never nnU-Net, which reads its folders from the environment when imported), instead of spawned, each paying
@@ -24,6 +27,8 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from fresh_process import PRELOADED
 
+#: Each rank's torch seed is this plus its rank.
+RANK_SEED_OFFSET = 1000
 #: The network's state and the logger's values of each rank, written where the test asks.
 RANK_DUMP = "rank{rank}.pt"
 
@@ -40,6 +45,7 @@ def _rank(rank: int, world_size: int, port: int, dump_folder: str, env: dict, ar
     os.environ.update(env)
     os.environ.update({"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)})
     torch.set_num_threads(1)
+    torch.manual_seed(RANK_SEED_OFFSET + rank)
     import nnunetv2.run.run_training as run_training
     import nnunetv2.training.nnUNetTrainer.nnUNetTrainer as trainer_module
 

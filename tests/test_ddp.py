@@ -30,6 +30,9 @@ from trainer_datasets import (
 
 #: A frozen-encoder variant that unfreezes after one of its two ``_debug`` epochs: both phases in one short run.
 UNFREEZING_TRAINER = "FomoFinetuneTrainer_FrozenEncoderUnfreeze1_debug"
+#: Deep supervision on (every decoder output trained) with layer-wise learning-rate decay (one parameter group per
+#: encoder level), for ``_debug``'s two short epochs: the variant whose ranks once ended with different weights.
+DEEP_SUPERVISION_TRAINER = "FomoFinetuneTrainer_DeepSupervision_LLRD_debug"
 #: Folder where :func:`record_validated_cases` writes what each rank validated.
 RECORD_ENV = "FOMO_TEST_DDP_RECORD"
 REGRESSION_CASES = 10
@@ -57,6 +60,15 @@ def register_unfreezing_trainer() -> None:
 
     TRAINERS[UNFREEZING_TRAINER] = type(UNFREEZING_TRAINER, (FrozenEncoder, FomoFinetuneTrainer_debug),
                                         {"unfreeze_epoch": 1})
+
+
+def register_deep_supervision_trainer() -> None:
+    """(In every rank) :data:`DEEP_SUPERVISION_TRAINER`, found by nnU-Net's lookup like every variant."""
+    from nnunet_ext.trainers import TRAINERS, FomoFinetuneTrainer_DeepSupervision_debug
+    from nnunet_ext.trainers.variants import LayerwiseLRDecay
+
+    TRAINERS[DEEP_SUPERVISION_TRAINER] = type(DEEP_SUPERVISION_TRAINER,
+                                              (LayerwiseLRDecay, FomoFinetuneTrainer_DeepSupervision_debug), {})
 
 
 def record_validated_cases() -> None:
@@ -93,6 +105,14 @@ def test_segmentation_frozen_then_unfrozen_trains_in_step_under_ddp(segmentation
     plain FomoFinetuneTrainer's problems, and the frozen variants'."""
     ranks = train_ddp_on_cpu(DATASET_NAME, CONFIGURATION, 0, UNFREEZING_TRAINER, tmp_path,
                              _env(segmentation.env, tmp_path / "results"), setup=register_unfreezing_trainer)
+    _assert_ranks_agree(ranks, "ema_fg_dice")
+
+
+def test_segmentation_with_deep_supervision_and_layerwise_rates_trains_in_step_under_ddp(segmentation, tmp_path):
+    """Every output conv gets a gradient, but the output layers drawn after the pretrained transfer must still be the
+    same on both ranks; and the per-level parameter groups must not change what DDP synchronises."""
+    ranks = train_ddp_on_cpu(DATASET_NAME, CONFIGURATION, 0, DEEP_SUPERVISION_TRAINER, tmp_path,
+                             _env(segmentation.env, tmp_path / "results"), setup=register_deep_supervision_trainer)
     _assert_ranks_agree(ranks, "ema_fg_dice")
 
 
