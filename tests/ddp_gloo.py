@@ -1,4 +1,4 @@
-"""nnU-Net's multi-GPU training path (``run_training.run_ddp``, one spawned process per rank) on the CPU.
+"""nnU-Net's multi-GPU training path (``run_training.run_ddp``, one process per rank) on the CPU.
 
 nnU-Net hard-codes CUDA in three places of that path; each rank patches exactly those and nothing else: the NCCL
 process group (gloo instead), ``torch.cuda.set_device``, and the CUDA device ``run_ddp`` builds the trainer for
