@@ -1,6 +1,7 @@
 """A tiny-width FOMO26 ResEnc-B checkpoint through ``fomo_plan_and_preprocess --model resenc_unet_b``, a run shorter
 than ``_debug`` (1 epoch of 1 training and 1 validation iteration; CPU) and ``fomo_predict`` with the trained fold,
-for each of the three tasks. The 6-stage network needs 64^3 patches, so every step costs more than the UNet-B tests'
+for each of the three tasks; the regression run starts from the same network as an nnssl release checkpoint
+(ResEnc-L: ``network_weights`` in DNA's names, with its adaptation plan). The 6-stage network needs 64^3 patches, so every step costs more than the UNet-B tests'
 32^3: the final validation (nnU-Net's, mirrored 8 times) is left to the UNet-B trainer tests, which share its code,
 and prediction runs without test-time mirroring."""
 
@@ -21,8 +22,13 @@ from nnunet_ext.env import EXT_TRAINER_VAR, TRAINER_LOOKUP_FOLDER
 from nnunet_ext.inference.predict import main as fomo_predict
 from nnunet_ext.preprocessing.plan_and_preprocess import fomo_plan_and_preprocess
 from nnunet_ext.preprocessing.planner import FomoPlanSettings
-from nnunet_ext.pretrained.resenc_layout import FOMO26, ResEncLayout
-from nnunet_ext.pretrained.testing import make_resenc_checkpoint, make_resenc_state_dict, resenc_layout_for
+from nnunet_ext.pretrained.resenc_layout import FOMO26, NNSSL
+from nnunet_ext.pretrained.testing import (
+    make_nnssl_checkpoint,
+    make_resenc_checkpoint,
+    make_resenc_state_dict,
+    resenc_layout_for,
+)
 from nnunet_ext.trainers import TRAINERS, FomoClassificationTrainer, FomoFinetuneTrainer, FomoRegressionTrainer
 from nnunet_ext.trainers.pretrained_loading import TRANSFER_REPORT_FILENAME
 from nnunet_ext.trainers.variants import ShortSchedule
@@ -34,6 +40,9 @@ STARTING_FILTERS = 4
 PATCH = 64
 CONFIGURATION = "3d_fullres"
 CPU = torch.device("cpu")
+#: Checkpoint writer per layout: FOMO26's Lightning file and nnssl's release file.
+CHECKPOINT_WRITERS = {FOMO26: (make_resenc_checkpoint, "resenc_unet_b.ckpt"),
+                      NNSSL: (make_nnssl_checkpoint, "checkpoint_final.pth")}
 
 
 def _tiny_run(family: type, monkeypatch: pytest.MonkeyPatch) -> type:
@@ -56,15 +65,16 @@ def _predict(fold: Path, raw: Path, case: str, out: Path) -> None:
                          "-f", "0", "-device", "cpu", "--disable_tta"]) == 0
 
 
-def _plan(root: Path, dataset_id: int, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """Plan the raw dataset ``dataset_id`` under ``root`` for resenc_unet_b with a tiny FOMO26 checkpoint; returns the
-    checkpoint. nnU-Net's folders are exported through ``monkeypatch``, ready for training."""
+def _plan(root: Path, dataset_id: int, monkeypatch: pytest.MonkeyPatch, naming: str = FOMO26) -> Path:
+    """Plan the raw dataset ``dataset_id`` under ``root`` for resenc_unet_b with a tiny checkpoint in the layout of
+    ``naming``; returns the checkpoint. nnU-Net's folders are exported through ``monkeypatch``, ready for training."""
     for name in trainer_datasets.NNUNET_DIRS:
         (root / name).mkdir(exist_ok=True)
         monkeypatch.setenv(name, str(root / name))
     monkeypatch.setenv("nnUNet_def_n_proc", "1")
     monkeypatch.delenv("FOMO_PRETRAINED", raising=False)
-    checkpoint = make_resenc_checkpoint(root / "resenc_unet_b.ckpt", resenc_layout_for(MODEL, STARTING_FILTERS))
+    write, name = CHECKPOINT_WRITERS[naming]
+    checkpoint = write(root / name, resenc_layout_for(MODEL, STARTING_FILTERS))
     fomo_plan_and_preprocess(dataset_id, FomoPlanSettings(model=MODEL, starting_filters=STARTING_FILTERS,
                                                           patch_size=(PATCH,) * 3, pretrained=checkpoint),
                              num_processes=1)
@@ -74,12 +84,13 @@ def _plan(root: Path, dataset_id: int, monkeypatch: pytest.MonkeyPatch) -> Path:
     return checkpoint
 
 
-def _check_fold(fold: Path, task_type: str, n_layout_tensors: int) -> None:
+def _check_fold(fold: Path, task_type: str, naming: str = FOMO26) -> None:
     """The fold folder of a finished ``_debug`` run: the network is FomoResEncUNet and took the whole checkpoint."""
     report = json.loads((fold / TRANSFER_REPORT_FILENAME).read_text())
     assert report["complete"] and report["network"]["family"] == "resenc"
     assert report["network"]["task_type"] == task_type
-    assert report["layout"]["blocks_per_stage"] == [1, 3, 4, 6, 6, 6] and report["layout"]["naming"] == FOMO26
+    assert report["layout"]["blocks_per_stage"] == [1, 3, 4, 6, 6, 6] and report["layout"]["naming"] == naming
+    n_layout_tensors = len(make_resenc_state_dict(resenc_layout_for(MODEL, STARTING_FILTERS), naming))
     # every checkpoint tensor is accounted for: loaded, adapted (the stem) or reported unused
     sources = [entry["source"] for entry in report["entries"] if entry["source"] is not None]
     assert len(sources) == len(set(sources)) == n_layout_tensors
@@ -89,16 +100,17 @@ def _check_fold(fold: Path, task_type: str, n_layout_tensors: int) -> None:
     assert all(torch.isfinite(t).all() for t in final["network_weights"].values() if t.is_floating_point())
 
 
-@pytest.mark.parametrize("task_type, family, metric", [("classification", FomoClassificationTrainer, "val_auroc"),
-                                                        ("regression", FomoRegressionTrainer, "val_mae")])
+@pytest.mark.parametrize("task_type, family, metric, naming", [
+    ("classification", FomoClassificationTrainer, "val_auroc", FOMO26),
+    ("regression", FomoRegressionTrainer, "val_mae", NNSSL)])
 def test_case_level_debug_run_from_a_resenc_checkpoint_then_prediction(task_type: str, family: type, metric: str,
-                                                                        tmp_path: Path,
+                                                                        naming: str, tmp_path: Path,
                                                                         monkeypatch: pytest.MonkeyPatch):
     task = case_level_datasets.TASKS[task_type]
     dataset = case_level_datasets.CaseLevelDataset(tmp_path, task_type, task["dataset_id"],
                                                    case_level_datasets.case_targets(task_type, 6), n_folds=3)
     case_level_datasets.make_raw_dataset(dataset)
-    checkpoint = _plan(tmp_path, dataset.dataset_id, monkeypatch)
+    checkpoint = _plan(tmp_path, dataset.dataset_id, monkeypatch, naming)
     plans = json.loads((tmp_path / "nnUNet_preprocessed" / dataset.name / "nnUNetPlans.json").read_text())
     architecture = plans["configurations"][CONFIGURATION]["architecture"]
     assert architecture["arch_kwargs"]["head_pool_levels"] == [5]  # the bottleneck of 6 stages, FOMO26's head
@@ -106,7 +118,7 @@ def test_case_level_debug_run_from_a_resenc_checkpoint_then_prediction(task_type
     trainer = case_level_datasets.build_trainer(dataset, _tiny_run(family, monkeypatch))
     trainer.run_training()
     fold = Path(trainer.output_folder)
-    _check_fold(fold, task_type, len(make_resenc_state_dict(resenc_layout_for(MODEL, STARTING_FILTERS))))
+    _check_fold(fold, task_type, naming)
     logged = torch.load(fold / "checkpoint_final.pth", map_location="cpu", weights_only=False)["logging"]
     assert len(logged[metric]) == 1  # the whole-case validation of the epoch ran on the padded 6-stage input
     assert checkpoint.is_file()
@@ -128,8 +140,7 @@ def test_segmentation_debug_run_from_a_resenc_checkpoint(tmp_path: Path, monkeyp
         0, json.loads((preprocessed / "dataset.json").read_text()), CPU)
     trainer.run_training()
     fold = Path(trainer.output_folder)
-    layout: ResEncLayout = resenc_layout_for(MODEL, STARTING_FILTERS)
-    _check_fold(fold, "segmentation", len(make_resenc_state_dict(layout)))
+    _check_fold(fold, "segmentation")
     network = torch.load(fold / "checkpoint_final.pth", map_location="cpu", weights_only=False)["network_weights"]
     assert network["decoder.seg_layers.4.weight"].shape == (2, STARTING_FILTERS, 1, 1, 1)  # background + lesion
 
