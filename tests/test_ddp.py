@@ -36,6 +36,9 @@ DEEP_SUPERVISION_TRAINER = "FomoFinetuneTrainer_DeepSupervision_LLRD_debug"
 #: Folder where :func:`record_validated_cases` writes what each rank validated.
 RECORD_ENV = "FOMO_TEST_DDP_RECORD"
 REGRESSION_CASES = 10
+#: The regression network pools the first encoder level only (``--head-pool-levels 1``): the deeper stages get no
+#: gradient, which DDP must be told to expect.
+SHALLOW_HEAD_LEVELS = [1]
 
 
 def _env(dataset_env: dict, results: Path) -> dict:
@@ -94,9 +97,15 @@ def segmentation(tmp_path_factory: pytest.TempPathFactory) -> PlannedDataset:
 
 @pytest.fixture(scope="module")
 def regression(tmp_path_factory: pytest.TempPathFactory) -> CaseLevelDataset:
+    """The planned regression dataset, its network re-planned with :data:`SHALLOW_HEAD_LEVELS`."""
     with pytest.MonkeyPatch.context() as monkeypatch:
-        return planned_case_level_dataset(tmp_path_factory, tmp_path_factory.mktemp("ddp_regression"), "regression",
-                                          REGRESSION_CASES, monkeypatch)
+        dataset = planned_case_level_dataset(tmp_path_factory, tmp_path_factory.mktemp("ddp_regression"),
+                                             "regression", REGRESSION_CASES, monkeypatch)
+    plans_file = dataset.root / "nnUNet_preprocessed" / dataset.name / "nnUNetPlans.json"
+    plans = json.loads(plans_file.read_text())
+    plans["configurations"][CONFIGURATION]["architecture"]["arch_kwargs"]["head_pool_levels"] = SHALLOW_HEAD_LEVELS
+    plans_file.write_text(json.dumps(plans))
+    return dataset
 
 
 def test_segmentation_frozen_then_unfrozen_trains_in_step_under_ddp(segmentation, tmp_path):
@@ -118,7 +127,8 @@ def test_segmentation_with_deep_supervision_and_layerwise_rates_trains_in_step_u
 
 def test_case_level_validation_is_split_over_the_ranks_and_scored_once(regression, tmp_path):
     """Each rank predicts its share of the validation cases through the bare network; every rank logs the metric of
-    all of them, and the one summary covers every case."""
+    all of them, and the one summary covers every case. (The head pools a shallow level: the deeper encoder stages
+    train under DDP without a gradient.)"""
     (tmp_path / "record").mkdir()
     env = {**_env(regression.env, tmp_path / "results"), RECORD_ENV: str(tmp_path / "record")}
     trainer = "FomoRegressionTrainer_debug"
