@@ -212,6 +212,16 @@ def build_trainer(dataset: CaseLevelDataset, trainer_class: type, fold: int = 0)
                          torch.device("cpu"))
 
 
+def fit_a_handful(dataset: CaseLevelDataset, family: type, n_cases: int, steps: int, learning_rate: float):
+    """The learning check: ``family`` fitted, seeded, for ``steps`` steps at ``learning_rate`` on ``n_cases`` whole
+    training cases of ``dataset``; returns the :class:`learning.Fit` and the trainer."""
+    from learning import fit_whole_cases, seed_everything
+
+    seed_everything()
+    trainer = build_trainer(dataset, shortened(family, 1, steps, learning_rate))
+    return fit_whole_cases(trainer, n_cases, steps), trainer
+
+
 def train_in_process(dataset: CaseLevelDataset, trainer_class: type, fold: int = 0) -> Path:
     """Train and validate ``trainer_class`` (no nnU-Net lookup needed) on the CPU; returns the fold folder."""
     trainer = build_trainer(dataset, trainer_class, fold)

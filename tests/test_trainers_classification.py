@@ -15,14 +15,12 @@ from sklearn.metrics import roc_auc_score
 from case_level_datasets import (
     CaseLevelDataset,
     build_trainer,
+    fit_a_handful,
     planned_case_level_dataset,
-    shortened,
 )
 from learning import (
     HEAD_AND_ENCODER_ENDS,
-    fit_whole_cases,
     head_and_encoder_ends_changed,
-    seed_everything,
     weights_after_pretrained_load,
 )
 from nnunet_ext.trainers import FomoClassificationTrainer
@@ -132,9 +130,7 @@ N_LEARNING_CASES = 4
 
 
 def test_classifier_fits_a_handful_of_cases(dataset: CaseLevelDataset):
-    seed_everything()
-    trainer = build_trainer(dataset, shortened(FomoClassificationTrainer, 1, LEARNING_STEPS, LEARNING_RATE))
-    fit = fit_whole_cases(trainer, N_LEARNING_CASES, LEARNING_STEPS)
+    fit, _ = fit_a_handful(dataset, FomoClassificationTrainer, N_LEARNING_CASES, LEARNING_STEPS, LEARNING_RATE)
     labels = [dataset.targets[case] for case in fit.batch["keys"]]
     assert sorted(labels) == [0, 0, 1, 1]
     assert fit.loss_fell_by_half(), fit.losses

@@ -18,15 +18,13 @@ from case_level_datasets import (
     PATCH,
     CaseLevelDataset,
     build_trainer,
+    fit_a_handful,
     planned_case_level_dataset,
-    shortened,
 )
 from learning import (
     HEAD_AND_ENCODER_ENDS,
     LOSS_FALL,
-    fit_whole_cases,
     head_and_encoder_ends_changed,
-    seed_everything,
     weights_after_pretrained_load,
 )
 from nnunet_ext.trainers import TRAINERS, FomoRegressionTrainer, FomoRegressionTrainer_L1, FomoRegressionTrainer_Rotate
@@ -162,9 +160,7 @@ N_LEARNING_CASES = 4
 
 
 def test_regressor_fits_a_handful_of_cases(dataset: CaseLevelDataset):
-    seed_everything()
-    trainer = build_trainer(dataset, shortened(FomoRegressionTrainer, 1, LEARNING_STEPS, LEARNING_RATE))
-    fit = fit_whole_cases(trainer, N_LEARNING_CASES, LEARNING_STEPS)
+    fit, trainer = fit_a_handful(dataset, FomoRegressionTrainer, N_LEARNING_CASES, LEARNING_STEPS, LEARNING_RATE)
     ages = np.array([dataset.targets[case] for case in fit.batch["keys"]])
     assert fit.loss_fell_by_half(), fit.losses
     predicted = predicted_values(trainer.network, fit.outputs)
