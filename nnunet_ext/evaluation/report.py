@@ -104,12 +104,7 @@ def format_metrics_table(
         raise ValueError("no results to tabulate")
     models = list(results)
     names = list(results[models[0]])
-    lines = [
-        f"Value [{confidence:.0%} bootstrap confidence interval] on all cases.",
-        "",
-        f"| Metric | {' | '.join(models)} |",
-        "|---" * (len(models) + 1) + "|",
-    ]
+    lines = [f"Value [{confidence:.0%} bootstrap confidence interval] on all cases.", "", *_table_head(models)]
     notes = []
     for name in names:
         cells = []
@@ -126,6 +121,11 @@ def format_metrics_table(
     if notes:
         lines += [""] + [f"- {note}" for note in notes]
     return "\n".join(lines) + "\n"
+
+
+def _table_head(models: list[str]) -> list[str]:
+    """The header row and separator of a Markdown table with one column per model after the metric's."""
+    return [f"| Metric | {' | '.join(models)} |", "|---" * (len(models) + 1) + "|"]
 
 
 def format_point_table(results: Mapping[str, Mapping[str, float]], labels: Mapping[str, str], digits: int = 3) -> str:
@@ -148,7 +148,7 @@ def format_point_table(results: Mapping[str, Mapping[str, float]], labels: Mappi
     if not results:
         raise ValueError("no results to tabulate")
     models = list(results)
-    lines = [f"| Metric | {' | '.join(models)} |", "|---" * (len(models) + 1) + "|"]
+    lines = _table_head(models)
     for name in results[models[0]]:
         cells = [_format_value(results[model][name], digits) for model in models]
         lines.append(f"| {labels.get(name, name)} | {' | '.join(cells)} |")
