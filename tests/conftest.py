@@ -9,9 +9,10 @@ import shutil
 import sys
 import tempfile
 from pathlib import Path
-from typing import Callable, Dict, List
+from typing import Callable, Dict, Iterator, List
 
 import pytest
+import worker_pools
 from fomo_files import FomoTree
 
 from nnunet_ext.dataset_conversion.synthetic import make_synthetic_dataset
@@ -40,9 +41,10 @@ def machine_facts() -> List[str]:
 
 
 def pytest_configure(config: pytest.Config) -> None:
-    """Under pytest-xdist (``-n N``), each worker gets its share of the cores, for its own torch and for the
+    """nnU-Net's worker pools start by fork (``worker_pools``). Under pytest-xdist (``-n N``), each worker gets its share of the cores, for its own torch and for the
     processes its tests start: N workers on N cores, each on one thread, finish sooner than N workers all asking
     for every core (OpenMP threads then wait on each other)."""
+    worker_pools.install(worker_pools.FORK)
     workers = os.environ.get("PYTEST_XDIST_WORKER_COUNT")
     if workers is None:
         return
@@ -87,6 +89,24 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
         child.join(CHILD_TERMINATE_GRACE_S)
         if child.is_alive():
             child.kill()
+
+
+def _pool_start(node: pytest.Item) -> str:
+    return worker_pools.SPAWN if node.get_closest_marker("real_spawn") else worker_pools.FORK
+
+
+@pytest.fixture(scope="module", autouse=True)
+def module_pool_start(request: pytest.FixtureRequest) -> Iterator[None]:
+    """nnU-Net's own 'spawn' pools in the module fixtures of a module marked ``real_spawn``."""
+    with worker_pools.started_by(_pool_start(request.node)):
+        yield
+
+
+@pytest.fixture(autouse=True)
+def pool_start(request: pytest.FixtureRequest) -> Iterator[None]:
+    """nnU-Net's own 'spawn' pools in a test marked ``real_spawn`` (or in a module so marked)."""
+    with worker_pools.started_by(_pool_start(request.node)):
+        yield
 
 
 @pytest.fixture

@@ -8,7 +8,8 @@ closed, stdout and stderr captured, and its own exit status and process group. W
 is only those imported libraries: neither nnU-Net nor nnunet_ext is imported before the fork (nnU-Net reads its
 folders from the environment when it is imported, and a refusal must come from the code the command itself loads).
 What a library reads from the environment while it loads (e.g. ``OMP_NUM_THREADS``) is the zygote's: the test
-worker's, as for a subprocess.
+worker's, as for a subprocess. nnU-Net's worker pools start in the child as in the test that runs the command
+(``worker_pools``).
 
 Commands, as for ``subprocess.run``: an installed console script (its path or name: its entry point is loaded and
 called, as the generated script does), ``[sys.executable, "script.py", ...]`` or ``[sys.executable, "-c", code, ...]``.
@@ -27,17 +28,23 @@ import threading
 from pathlib import Path
 from typing import List, Mapping, Optional, Sequence
 
+import worker_pools
+
 #: Imported once by each zygote: the third-party libraries behind most of a command's start-up.
 PRELOADED = ("torch", "torch._dynamo", "numpy", "scipy.stats", "seaborn", "pandas", "SimpleITK", "nibabel", "blosc2",
              "sklearn.metrics", "skimage.morphology", "matplotlib.pyplot", "acvl_utils",
              "batchgeneratorsv2.transforms.spatial.spatial", "dynamic_network_architectures.architectures.unet")
 #: Packages the child must import itself, under the command's environment.
 NOT_PRELOADED = ("nnunetv2", "nnunet_ext")
+#: This folder, where the zygote finds ``worker_pools``.
+TESTS = Path(__file__).resolve().parent
 #: Zygotes kept per test worker: commands run side by side up to this many.
 MAX_ZYGOTES = 4
 
 ZYGOTE = r"""
 import importlib, importlib.metadata, json, os, runpy, signal, sys, time
+sys.path.insert(0, sys.argv[3])
+import worker_pools
 for name in json.loads(sys.argv[1]):
     importlib.import_module(name)
 loaded = sorted(m for m in sys.modules if m.split(".")[0] in json.loads(sys.argv[2]))
@@ -64,6 +71,7 @@ def child(request):
     os.chdir(request["cwd"])
     os.environ.clear()
     os.environ.update(request["env"])
+    worker_pools.install(request["pool_start"])
     for fd, path, flags in ((0, os.devnull, os.O_RDONLY), (1, request["stdout"], os.O_WRONLY),
                             (2, request["stderr"], os.O_WRONLY)):
         opened = os.open(path, flags)
@@ -101,8 +109,8 @@ class Zygote:
 
     def __init__(self) -> None:
         self.process = subprocess.Popen([sys.executable, "-c", ZYGOTE, json.dumps(PRELOADED),
-                                         json.dumps(NOT_PRELOADED)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                        stderr=subprocess.DEVNULL, text=True)
+                                         json.dumps(NOT_PRELOADED), str(TESTS)], stdin=subprocess.PIPE,
+                                        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
         self.folder = tempfile.TemporaryDirectory(prefix="fresh_process_")
 
     def run(self, argv: Sequence[str], env: Mapping[str, str], cwd: Path, timeout: float
@@ -111,7 +119,7 @@ class Zygote:
         for path in (stdout, stderr):
             path.write_bytes(b"")
         request = {"argv": [str(a) for a in argv], "env": dict(env), "cwd": str(cwd), "timeout": timeout,
-                   "stdout": str(stdout), "stderr": str(stderr)}
+                   "stdout": str(stdout), "stderr": str(stderr), "pool_start": worker_pools.current()}
         self.process.stdin.write(json.dumps(request) + "\n")
         self.process.stdin.flush()
         reply = self.process.stdout.readline()

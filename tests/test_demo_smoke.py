@@ -11,9 +11,12 @@ import json
 import sys
 from pathlib import Path
 
+import pytest
 from fresh_process import run_fresh
 
 TASK, FOLDS, CASES, SEED = 3, ("0", "1"), 10, 7
+#: The user's path end to end, nnU-Net's worker pools included (see ``worker_pools``).
+pytestmark = pytest.mark.real_spawn
 DEMO = "import sys; from nnunet_ext.demo import main; sys.exit(main(sys.argv[1:]))"
 
 

@@ -41,6 +41,10 @@ from nnunet_ext.preprocessing.planner import (FULLRES, NETWORK_CLASS_NAME, PATCH
 from nnunet_ext.pretrained.key_mapping import DEFAULT_CHANNEL_ADAPTATION
 from nnunet_ext.pretrained.testing import make_fomo_checkpoint
 
+#: Planning, preprocessing and nnU-Net's prediction preprocessing in workers spawned as nnU-Net spawns them, which
+#: must find our normalisation scheme by themselves (see ``worker_pools``).
+pytestmark = pytest.mark.real_spawn
+
 DATASET_ID = 2
 PATCH = 32
 FILTERS = 4

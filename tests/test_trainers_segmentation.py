@@ -122,6 +122,7 @@ def test_transfer_report_proves_encoder_and_decoder_came_from_the_planned_checkp
     assert f"transferred {report['transferred']}/{report['transferable']}" in log
 
 
+@pytest.mark.real_spawn  # nnU-Net's preprocessing workers must find our normalisation by themselves
 def test_nnunet_predict_uses_our_trainer(trained: Path, dataset: PlannedDataset, learned, tmp_path: Path):
     """nnUNetv2_predict with our trainer class and the fitted weights (a copy of the trained fold whose
     checkpoint holds them) segments a fitted case: an all-zero or misplaced mask fails."""

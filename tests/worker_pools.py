@@ -1,0 +1,67 @@
+"""How the tests start nnU-Net's worker pools: forked, except in the tests marked ``real_spawn``.
+
+nnU-Net starts every pool it uses (fingerprinting, preprocessing, the export of a validation, prediction, evaluation,
+postprocessing) with the 'spawn' method: each worker is a new interpreter that imports torch and nnU-Net again, three
+to five seconds of one core for a pool of one worker on a few tiny cases, over a hundred times in the suite. Here those
+pools are started with 'fork' instead: a worker inherits the libraries already imported, and nothing else changes
+(pool tasks, their arguments and their results are pickled as before). This applies in the test workers and in the
+commands that ``fresh_process.run_fresh`` runs; ``subprocess.run`` commands keep nnU-Net's own choice.
+
+What only a spawned worker shows, what it must import by itself (our normalisation scheme's registration, see
+``nnunet_ext/preprocessing/registration.py``), is checked by the tests marked ``real_spawn``: planning and
+preprocessing (``test_planning``), ``nnUNetv2_predict`` on our trainer, and the demo end to end.
+
+A forked child must not enter an OpenMP parallel region of the thread pool its parent left behind (libgomp then waits
+forever for threads that the fork did not copy), so each child forked here drops to one torch thread first, as
+PyTorch's own DataLoader workers do.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import multiprocessing
+import os
+import sys
+from typing import Iterator
+
+#: How nnU-Net's 'spawn' pools start: "fork" (the tests' default) or "spawn" (nnU-Net's own, ``real_spawn`` tests).
+FORK, SPAWN = "fork", "spawn"
+_start = FORK
+_real_get_context = multiprocessing.get_context
+_installed = False
+
+
+def current() -> str:
+    """The start method that nnU-Net's 'spawn' pools get now."""
+    return _start
+
+
+def _get_context(method=None):
+    return _real_get_context(_start if method == SPAWN else method)
+
+
+def _one_torch_thread() -> None:
+    torch = sys.modules.get("torch")
+    if torch is not None:
+        torch.set_num_threads(1)
+
+
+def install(start: str = FORK) -> None:
+    """From now on in this process, nnU-Net's 'spawn' pools start by ``start``. Idempotent."""
+    global _installed, _start
+    _start = start
+    if not _installed:
+        multiprocessing.get_context = _get_context  # nnU-Net looks the function up on the module at each call
+        os.register_at_fork(after_in_child=_one_torch_thread)
+        _installed = True
+
+
+@contextlib.contextmanager
+def started_by(start: str) -> Iterator[None]:
+    """Within the block, nnU-Net's 'spawn' pools start by ``start``; the previous method afterwards."""
+    global _start
+    previous, _start = _start, start
+    try:
+        yield
+    finally:
+        _start = previous
