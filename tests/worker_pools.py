@@ -5,7 +5,9 @@ postprocessing) with the 'spawn' method: each worker is a new interpreter that i
 to five seconds of one core for a pool of one worker on a few tiny cases, over a hundred times in the suite. Here those
 pools are started with 'fork' instead: a worker inherits the libraries already imported, and nothing else changes
 (pool tasks, their arguments and their results are pickled as before). This applies in the test workers and in the
-commands that ``fresh_process.run_fresh`` runs; ``subprocess.run`` commands keep nnU-Net's own choice.
+commands that ``fresh_process.run_fresh`` runs; ``subprocess.run`` commands keep nnU-Net's own choice. A process that
+runs more than one Python thread keeps it too: a fork copies only the calling thread, and a lock that another thread
+holds at that moment (an import's, a logger's) stays held in the child forever.
 
 What only a spawned worker shows, what it must import by itself (our normalisation scheme's registration, see
 ``nnunet_ext/preprocessing/registration.py``), is checked by the tests marked ``real_spawn``: planning and
@@ -22,6 +24,7 @@ import contextlib
 import multiprocessing
 import os
 import sys
+import threading
 from typing import Iterator
 
 #: How nnU-Net's 'spawn' pools start: "fork" (the tests' default) or "spawn" (nnU-Net's own, ``real_spawn`` tests).
@@ -37,7 +40,9 @@ def current() -> str:
 
 
 def _get_context(method=None):
-    return _real_get_context(_start if method == SPAWN else method)
+    if method == SPAWN and threading.active_count() == 1:
+        method = _start
+    return _real_get_context(method)
 
 
 def _one_torch_thread() -> None:
