@@ -5,9 +5,11 @@ postprocessing) with the 'spawn' method: each worker is a new interpreter that i
 to five seconds of one core for a pool of one worker on a few tiny cases, over a hundred times in the suite. Here those
 pools are started with 'fork' instead: a worker inherits the libraries already imported, and nothing else changes
 (pool tasks, their arguments and their results are pickled as before). This applies in the test workers and in the
-commands that ``fresh_process.run_fresh`` runs; ``subprocess.run`` commands keep nnU-Net's own choice. A process that
-runs more than one Python thread keeps it too: a fork copies only the calling thread, and a lock that another thread
-holds at that moment (an import's, a logger's) stays held in the child forever.
+commands that ``fresh_process.run_fresh`` runs; ``subprocess.run`` commands keep nnU-Net's own choice. So does a process
+in which another thread works (a non-daemon thread, e.g. a ThreadPoolExecutor's): a fork copies only the calling
+thread, and a lock that the other one holds at that moment (an import's, a logger's) stays held in the child forever.
+Daemon threads (tqdm's monitor, multiprocessing's resource sharer) do not stop a fork: pool workers never take their
+locks.
 
 What only a spawned worker shows, what it must import by itself (our normalisation scheme's registration, see
 ``nnunet_ext/preprocessing/registration.py``), is checked by the tests marked ``real_spawn``: planning and
@@ -39,8 +41,12 @@ def current() -> str:
     return _start
 
 
+def _no_other_working_thread() -> bool:
+    return all(thread.daemon for thread in threading.enumerate() if thread is not threading.current_thread())
+
+
 def _get_context(method=None):
-    if method == SPAWN and threading.active_count() == 1:
+    if method == SPAWN and _no_other_working_thread():
         method = _start
     return _real_get_context(method)
 
