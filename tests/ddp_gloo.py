@@ -11,7 +11,8 @@ training, so that a test can check that the ranks agree.
 
 The ranks are forked from a fork server that imported the heavy third-party libraries once (``fresh_process``'s
 list, never nnU-Net, which reads its folders from the environment when imported), instead of spawned, each paying
-those imports again; each rank takes the environment of the test that starts it, as a spawned process would.
+those imports again; each rank takes the environment of the test that starts it, as a spawned process would, and
+starts nnU-Net's worker pools as that test does (``worker_pools``).
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from typing import Callable, Optional
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
+import worker_pools
 from fresh_process import PRELOADED
 
 #: Each rank's torch seed is this plus its rank.
@@ -40,9 +42,10 @@ def free_port() -> int:
 
 
 def _rank(rank: int, world_size: int, port: int, dump_folder: str, env: dict, args: tuple,
-          setup: Optional[Callable[[], None]]) -> None:
+          setup: Optional[Callable[[], None]], pool_start: str) -> None:
     os.environ.clear()
     os.environ.update(env)
+    worker_pools.install(pool_start)
     os.environ.update({"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)})
     torch.set_num_threads(1)
     torch.manual_seed(RANK_SEED_OFFSET + rank)
@@ -81,6 +84,7 @@ def train_ddp_on_cpu(dataset: str, configuration: str, fold, trainer: str, dump_
     # continue, only validation, pretrained weights, npz, validation with the best checkpoint
     args = (dataset, configuration, fold, trainer, plans, False, False, False, None, False, False)
     multiprocessing.set_forkserver_preload(list(PRELOADED))
-    mp.start_processes(_rank, args=(world_size, free_port(), str(dump_folder), {**os.environ, **env}, args, setup),
+    mp.start_processes(_rank, args=(world_size, free_port(), str(dump_folder), {**os.environ, **env}, args, setup,
+                                      worker_pools.current()),
                        nprocs=world_size, join=True, start_method="forkserver")
     return [torch.load(dump_folder / RANK_DUMP.format(rank=rank), weights_only=False) for rank in range(world_size)]
