@@ -4,13 +4,13 @@ Every console script of ours and nnU-Net's imports torch, torch._dynamo, SciPy, 
 seconds of one core before the first line of our code runs, the bulk of a test that checks a refusal. Here a
 *zygote* process imports those libraries once; each command then runs in a child forked from it, with the command's
 own argument list, environment (the whole of it, as ``subprocess.run(env=...)`` sets it), working folder, stdin
-closed, stdout and stderr captured, and its own exit status and process group. It ends as a script ends (its threads
-joined, its atexit functions run, its output flushed) without freeing the inherited libraries object by object. What the child shares with the zygote
-is only those imported libraries: neither nnU-Net nor nnunet_ext is imported before the fork (nnU-Net reads its
-folders from the environment when it is imported, and a refusal must come from the code the command itself loads).
-What a library reads from the environment while it loads (e.g. ``OMP_NUM_THREADS``) is the zygote's: the test
-worker's, as for a subprocess. nnU-Net's worker pools start in the child as in the test that runs the command
-(``worker_pools``).
+closed, stdout and stderr captured, and its own exit status and process group. The child ends as a script ends (its
+threads joined, its atexit functions run, its output flushed), without freeing the inherited libraries object by
+object. What the child shares with the zygote is only those imported libraries: neither nnU-Net nor nnunet_ext is
+imported before the fork (nnU-Net reads ``nnUNet_def_n_proc`` when it is imported, and a refusal must come from the
+code the command itself loads). What a library reads from the environment while it loads (e.g. ``OMP_NUM_THREADS``)
+is the zygote's: the test worker's, as for a subprocess. nnU-Net's worker pools start in the child as in the test
+that runs the command (``worker_pools``).
 
 Commands, as for ``subprocess.run``: an installed console script (its path or name: its entry point is loaded and
 called, as the generated script does), ``[sys.executable, "script.py", ...]`` or ``[sys.executable, "-c", code, ...]``.

@@ -4,11 +4,13 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+import worker_pools
 
 REPO = Path(__file__).resolve().parents[1]
 BENCHMARK = REPO / "benchmarks" / "inference.py"
@@ -18,7 +20,7 @@ PARTS = ("read", "preprocess", "write")
 
 def test_cpu_gpu_check_trains_then_times_every_part_of_a_regression_call(tmp_path: Path):
     done = subprocess.run(["bash", str(GPU_CHECK), "--device", "cpu", "--quick", "--tasks", "3", str(tmp_path)],
-                          capture_output=True, text=True, cwd=REPO)
+                          capture_output=True, text=True, cwd=REPO, env=worker_pools.subprocess_env(os.environ))
     logs = "".join(p.read_text()[-2000:] for p in tmp_path.rglob("*.log"))
     assert done.returncode == 0, done.stderr[-3000:] + logs
     training = json.loads((tmp_path / "training" / "gpu_training.json").read_text())

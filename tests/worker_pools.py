@@ -5,7 +5,8 @@ postprocessing) with the 'spawn' method: each worker is a new interpreter that i
 to five seconds of one core for a pool of one worker on a few tiny cases, over a hundred times in the suite. Here those
 pools are started with 'fork' instead: a worker inherits the libraries already imported, and nothing else changes
 (pool tasks, their arguments and their results are pickled as before). This applies in the test workers and in the
-commands that ``fresh_process.run_fresh`` runs; ``subprocess.run`` commands keep nnU-Net's own choice. So does a process
+commands that ``fresh_process.run_fresh`` runs, and in the Python commands of a shell script run with
+:func:`subprocess_env`; other ``subprocess.run`` commands keep nnU-Net's own choice. So does a process
 in which another thread works (a non-daemon thread, e.g. a ThreadPoolExecutor's): a fork copies only the calling
 thread, and a lock that the other one holds at that moment (an import's, a logger's) stays held in the child forever.
 Daemon threads (tqdm's monitor, multiprocessing's resource sharer) do not stop a fork: pool workers never take their
@@ -27,13 +28,16 @@ import multiprocessing
 import os
 import sys
 import threading
-from typing import Iterator
+from pathlib import Path
+from typing import Dict, Iterator, Mapping
 
 #: How nnU-Net's 'spawn' pools start: "fork" (the tests' default) or "spawn" (nnU-Net's own, ``real_spawn`` tests).
 FORK, SPAWN = "fork", "spawn"
 _start = FORK
 _real_get_context = multiprocessing.get_context
 _installed = False
+#: The folder whose ``sitecustomize`` installs this module in every interpreter that has it on its ``PYTHONPATH``.
+SITE_FOLDER = Path(__file__).resolve().parent / "pools_by_fork"
 
 
 def current() -> str:
@@ -65,6 +69,15 @@ def install(start: str = FORK) -> None:
         multiprocessing.get_context = _get_context  # nnU-Net looks the function up on the module at each call
         os.register_at_fork(after_in_child=_one_torch_thread)
         _installed = True
+
+
+def subprocess_env(env: Mapping[str, str]) -> Dict[str, str]:
+    """``env`` for a subprocess whose Python interpreters start nnU-Net's pools as this process does now: with
+    ``pools_by_fork/`` first on their ``PYTHONPATH`` (its ``sitecustomize`` installs this module there)."""
+    if _start != FORK:
+        return dict(env)
+    path = [str(SITE_FOLDER), *filter(None, [env.get("PYTHONPATH")])]
+    return {**env, "PYTHONPATH": os.pathsep.join(path)}
 
 
 @contextlib.contextmanager
