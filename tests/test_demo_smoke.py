@@ -8,22 +8,22 @@ that ``--tasks``, ``--folds``, ``--cases``, ``--seed``, ``--init`` and ``--smoke
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 
-import pytest
+import worker_pools
 from fresh_process import run_fresh
 
 TASK, FOLDS, CASES, SEED = 3, ("0", "1"), 10, 7
-#: The user's path end to end, nnU-Net's worker pools included (see ``worker_pools``).
-pytestmark = pytest.mark.real_spawn
 DEMO = "import sys; from nnunet_ext.demo import main; sys.exit(main(sys.argv[1:]))"
 
 
 def test_a_tiny_demo_runs_every_step_with_the_flags_given(tmp_path: Path):
     out = tmp_path / "demo"
     done = run_fresh([sys.executable, "-c", DEMO, "--out", str(out), "--tasks", str(TASK), "--folds", *FOLDS,
-                      "--cases", str(CASES), "--seed", str(SEED), "--init", "scratch", "--smoke"])
+                      "--cases", str(CASES), "--seed", str(SEED), "--init", "scratch", "--smoke"],
+                     env=worker_pools.subprocess_env(os.environ))  # the folds' own (spawned) processes too
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
 
     # --tasks and --init scratch: one task dataset, no pretraining pool

@@ -14,7 +14,8 @@ locks.
 
 What only a spawned worker shows, what it must import by itself (our normalisation scheme's registration, see
 ``nnunet_ext/preprocessing/registration.py``), is checked by the tests marked ``real_spawn``: planning and
-preprocessing (``test_planning``), ``nnUNetv2_predict`` on our trainer, and the demo end to end.
+preprocessing (``test_planning``) and ``nnUNetv2_predict`` on our trainer. Processes that our own code spawns (the
+demo's folds) stay spawned.
 
 A forked child must not enter an OpenMP parallel region of the thread pool its parent left behind (libgomp then waits
 forever for threads that the fork did not copy), so each child forked here drops to one torch thread first, as
@@ -31,6 +32,8 @@ import threading
 from pathlib import Path
 from typing import Dict, Iterator, Mapping
 
+#: The package whose 'spawn' pools are meant: our own code's spawned processes stay spawned.
+NNUNET_PACKAGE = "nnunetv2."
 #: How nnU-Net's 'spawn' pools start: "fork" (the tests' default) or "spawn" (nnU-Net's own, ``real_spawn`` tests).
 FORK, SPAWN = "fork", "spawn"
 _start = FORK
@@ -49,8 +52,13 @@ def _no_other_working_thread() -> bool:
     return all(thread.daemon for thread in threading.enumerate() if thread is not threading.current_thread())
 
 
+def _called_by_nnunet() -> bool:
+    # the caller of multiprocessing.get_context, two frames up: ours (the demo's fold processes) keep their spawn
+    return sys._getframe(2).f_globals.get("__name__", "").startswith(NNUNET_PACKAGE)
+
+
 def _get_context(method=None):
-    if method == SPAWN and _no_other_working_thread():
+    if method == SPAWN and _called_by_nnunet() and _no_other_working_thread():
         method = _start
     return _real_get_context(method)
 
