@@ -10,19 +10,29 @@ import numpy as np
 import pytest
 import torch
 from case_level_datasets import planned_case_level_dataset
+from nnunetv2.training.dataloading.nnunet_dataset import infer_dataset_class
 
 from nnunet_ext.errors import EXIT_BAD_INPUT
 from nnunet_ext.evaluation import linear_probe
 from nnunet_ext.inference import embed
 from nnunet_ext.networks import FomoUNet
 from nnunet_ext.pretrained import load_fomo_state_dict, transfer_fomo_weights
-from nnunet_ext.pretrained.testing import make_fomo_checkpoint
+from nnunet_ext.pretrained.testing import make_fomo_checkpoint, make_resenc_checkpoint, resenc_layout_for
 from nnunet_ext.trainers.case_validation import pad_to_multiple
 
 N_CASES = 15
 FILTERS = 4
+#: The residual-encoder checkpoint embedded: FOMO26's smallest size (2 blocks per stage) at 1/16 width, so that 30
+#: scans padded to 64^3 (the 6-stage encoder's least) take seconds.
+RESENC_MODEL, RESENC_FILTERS = "resenc_unet_s", 2
 #: Channels of the test datasets: each is embedded on its own by a 1-channel encoder.
 N_CHANNELS = 2
+
+
+def load_case(dataset, case: str) -> np.ndarray:
+    """One preprocessed case ``[C, X, Y, Z]`` of the planned dataset, as the embedder reads it."""
+    preprocessed = dataset.root / "nnUNet_preprocessed" / dataset.name / "nnUNetPlans_3d_fullres"
+    return infer_dataset_class(str(preprocessed))(str(preprocessed)).load_case(case)[0][:]
 
 
 @pytest.fixture()
@@ -46,12 +56,38 @@ def test_every_case_gets_one_embedding_of_one_length_the_encoders_deepest_averag
     network = FomoUNet(1, 1, starting_filters=FILTERS, task_type="classification")
     transfer_fomo_weights(network, load_fomo_state_dict(checkpoint)[0])
     case = sorted(vectors)[0]
-    preprocessed = regression.root / "nnUNet_preprocessed" / regression.name / "nnUNetPlans_3d_fullres"
-    from nnunetv2.training.dataloading.nnunet_dataset import infer_dataset_class
-    data = infer_dataset_class(str(preprocessed))(str(preprocessed)).load_case(case)[0][:]
+    data = load_case(regression, case)
     with torch.no_grad():
         second_channel = network.eval().encoder(pad_to_multiple(torch.from_numpy(data[1:2]))[None])[-1]
     np.testing.assert_allclose(vectors[case][deepest:], second_channel.mean(dim=(2, 3, 4))[0].numpy(), rtol=1e-5,
+                               atol=1e-6)
+
+
+def test_a_fomo26_residual_encoder_embeds_each_case_as_fomo26s_own_network_does(regression, tmp_path):
+    gardening = pytest.importorskip("gardening_tools.modules.networks.resunet")  # FOMO26's network library
+    layout = resenc_layout_for(RESENC_MODEL, RESENC_FILTERS)
+    checkpoint = make_resenc_checkpoint(tmp_path / f"{RESENC_MODEL}.ckpt", layout, seed=3)
+    out = tmp_path / "embeddings"
+    assert embed.main(["-d", str(regression.dataset_id), "--checkpoint", str(checkpoint), "-o", str(out),
+                       "-device", "cpu"]) == 0
+    index = json.loads((out / "embeddings.json").read_text())
+    deepest_level, deepest = layout.n_stages - 1, layout.features[-1]
+    assert index["architecture"] == "resenc_unet" and index["pool_levels"] == [deepest_level]
+    assert index["dimension"] == N_CHANNELS * deepest and len(index["cases"]) == len(regression.targets)
+    case = sorted(regression.targets)[0]
+    vector = np.load(out / f"{case}.npy")
+    # FOMO26's own network on the checkpoint's weights: its encoder's deepest stage averaged over the volume, the
+    # volume padded to a multiple of its 2^5 downsampling and to two bottleneck voxels per axis
+    theirs = gardening.ResidualEncoderUNet(
+        input_channels=1, output_channels=1, features_per_stage=layout.features, n_blocks_per_stage=layout.blocks,
+        n_conv_per_stage_decoder=(layout.decoder_convs,) * deepest_level, dimensions="3D", kernel_size=3,
+        stride=2).eval()
+    theirs.load_state_dict({key[len("model."):]: v for key, v in torch.load(checkpoint)["state_dict"].items()})
+    multiple = 2 ** deepest_level
+    with torch.no_grad():
+        second_channel = theirs.encoder(pad_to_multiple(torch.from_numpy(load_case(regression, case)[1:2]), multiple,
+                                                        minimum=2 * multiple)[None])[-1]
+    np.testing.assert_allclose(vector[deepest:], second_channel.mean(dim=(2, 3, 4))[0].numpy(), rtol=1e-5,
                                atol=1e-6)
 
 

@@ -2,12 +2,12 @@
 
 The cheapest way to ask what a checkpoint knows: one forward pass of the frozen encoder per scan, no training.
 Each case of a planned dataset (``fomo_plan_and_preprocess``: nnU-Net's preprocessed volumes, normalised as the
-encoder was pretrained) goes through the encoder whole; the deepest level is averaged over the volume (FOMO26's
-linear-probing embedding; ``--pool-levels`` / ``--pooling`` pool more, as the heads can). A 1-channel encoder (a
-pretrained checkpoint) embeds every channel (scan) of a case on its own and the parts are concatenated, so every
-case of a dataset gets a vector of one length. Written: ``<case>.npy`` (1-D float32, the FOMO26 format),
-``embeddings.csv`` (case, subject, target, fold) and ``embeddings.json`` (the encoder, the pooling, the folds),
-which ``fomo_linear_probe`` reads.
+encoder was pretrained) goes through the encoder (a FOMO25 UNet or a FOMO26 / nnssl residual-encoder U-Net) whole;
+the deepest level is averaged over the volume (FOMO26's linear-probing embedding; ``--pool-levels`` / ``--pooling``
+pool more, as the heads can). A 1-channel encoder (a pretrained checkpoint) embeds every channel (scan) of a case on
+its own and the parts are concatenated, so every case of a dataset gets a vector of one length. Written:
+``<case>.npy`` (1-D float32, the FOMO26 format), ``embeddings.csv`` (case, subject, target, fold) and
+``embeddings.json`` (the encoder, the pooling, the folds), which ``fomo_linear_probe`` reads.
 """
 
 from __future__ import annotations
@@ -31,10 +31,13 @@ from nnunet_ext.dataset_conversion.tasks import CLASSIFICATION, FOMO_KEY, REGRES
 from nnunet_ext.errors import FomoInputError, cli_entry
 from nnunet_ext.inference.runtime import AUTO_DEVICE, DEVICE_CHOICES, resolve_device
 from nnunet_ext.networks.heads import POOLINGS
-from nnunet_ext.networks.unet import DEFAULT_HEAD_POOL_LEVELS, DEFAULT_HEAD_POOLING, FOMO_N_STAGES, FomoUNet
-from nnunet_ext.pretrained import fomo_layout, load_fomo_state_dict, sha256_of_file, transfer_fomo_weights
-from nnunet_ext.pretrained.key_mapping import to_fomo_names
-from nnunet_ext.trainers.case_validation import pad_to_multiple
+from nnunet_ext.networks.resenc import FomoResEncUNet
+from nnunet_ext.networks.task_network import EncoderWithTop
+from nnunet_ext.networks.unet import DEFAULT_HEAD_POOLING, FomoUNet
+from nnunet_ext.pretrained import fomo_layout, load_fomo_state_dict, resenc_layout, transfer_fomo_weights
+from nnunet_ext.pretrained.key_mapping import DEFAULT_CHANNEL_ADAPTATION, to_fomo_names
+from nnunet_ext.pretrained.resenc_mapping import transfer_resenc_weights
+from nnunet_ext.trainers.case_validation import pad_for_network
 from nnunet_ext.utils.files import atomic_write_bytes, atomic_write_csv, atomic_write_json, require_output_folder
 from nnunet_ext.utils.nnunet_paths import DEFAULT_CONFIGURATION, DEFAULT_PLANS
 
@@ -46,39 +49,57 @@ PROBED_TASK_TYPES = (CLASSIFICATION, REGRESSION)
 RANDOM_ENCODER_SEED = 0
 
 
-def build_embedder(checkpoint: Path | None, random_filters: int | None, pool_levels: Sequence[int], pooling: str,
-                   trust_checkpoint: bool = False) -> tuple[FomoUNet, dict[str, Any]]:
+def build_embedder(checkpoint: Path | None, random_filters: int | None, pool_levels: Sequence[int] | None,
+                   pooling: str, trust_checkpoint: bool = False) -> tuple[EncoderWithTop, dict[str, Any]]:
     """The encoder (with a pooling head whose features are the embedding) and a description of where it came from.
 
-    From ``checkpoint`` (a FOMO checkpoint, or an nnU-Net one of our trainers), or He-initialised with
-    ``random_filters`` starting filters (seeded)."""
+    From ``checkpoint`` (a FOMO25 UNet, a FOMO26 / nnssl residual-encoder U-Net, or an nnU-Net checkpoint of our
+    trainers), or a FOMO25 UNet He-initialised with ``random_filters`` starting filters (seeded). ``pool_levels``
+    None: the deepest encoder level."""
     if checkpoint is None:
         torch.manual_seed(RANDOM_ENCODER_SEED)
         network = FomoUNet(fomo_layout.PRETRAINING_CHANNELS, 1, starting_filters=random_filters,
-                           task_type=CLASSIFICATION, head_pool_levels=pool_levels, head_pooling=pooling)
+                           task_type=CLASSIFICATION, **_head_options(pool_levels, pooling))
         network.apply(network.initialize)
         return network.eval(), {"encoder": "random", "starting_filters": random_filters, "seed": RANDOM_ENCODER_SEED}
     state_dict, metadata = load_fomo_state_dict(checkpoint, trust_checkpoint)
-    layout = fomo_layout.detect_layout(to_fomo_names(state_dict)[0])
-    if layout is None:
-        raise FomoInputError("no FOMO UNet encoder in this checkpoint (no encoder.in_conv stem)", checkpoint)
-    network = FomoUNet(layout.input_channels, 1, starting_filters=layout.starting_filters, task_type=CLASSIFICATION,
-                       head_pool_levels=pool_levels, head_pooling=pooling)
-    report = transfer_fomo_weights(network, state_dict, checkpoint=checkpoint)
+    unet = fomo_layout.detect_layout(to_fomo_names(state_dict)[0])
+    resenc = None if unet is not None else resenc_layout.detect_layout(state_dict)
+    if unet is not None:
+        network = FomoUNet(unet.input_channels, 1, starting_filters=unet.starting_filters, task_type=CLASSIFICATION,
+                           **_head_options(pool_levels, pooling))
+        report = transfer_fomo_weights(network, state_dict, checkpoint=checkpoint)
+        source = {"architecture": "unet", "starting_filters": unet.starting_filters,
+                  "input_channels": unet.input_channels}
+    elif resenc is not None:
+        layout = resenc[1]
+        network = FomoResEncUNet(layout.input_channels, 1, layout.features, layout.blocks, layout.decoder_convs,
+                                 task_type=CLASSIFICATION, **_head_options(pool_levels, pooling))
+        report = transfer_resenc_weights(network, state_dict, DEFAULT_CHANNEL_ADAPTATION, checkpoint=checkpoint)
+        source = {"architecture": "resenc_unet", "features_per_stage": list(layout.features),
+                  "blocks_per_stage": list(layout.blocks), "starting_filters": layout.features[0],
+                  "input_channels": layout.input_channels}
+    else:
+        raise FomoInputError("no FOMO25 UNet encoder (encoder.in_conv stem) and no FOMO26 / nnssl residual encoder "
+                             "in this checkpoint", checkpoint)
     return network.eval(), {"encoder": str(checkpoint.resolve()), "sha256": report.sha256,
-                            "format": metadata["format"], "starting_filters": layout.starting_filters,
-                            "input_channels": layout.input_channels, "transferred": report.transferred}
+                            "format": metadata["format"], **source, "transferred": report.transferred}
+
+
+def _head_options(pool_levels: Sequence[int] | None, pooling: str) -> dict[str, Any]:
+    """The pooling head's options; levels left to the network's default (its deepest) when None."""
+    return {"head_pooling": pooling, **({} if pool_levels is None else {"head_pool_levels": tuple(pool_levels)})}
 
 
 @torch.no_grad()
-def embed_volume(network: FomoUNet, volume: np.ndarray, device: torch.device) -> np.ndarray:
+def embed_volume(network: EncoderWithTop, volume: np.ndarray, device: torch.device) -> np.ndarray:
     """The embedding of one case [C, X, Y, Z]: each channel alone through a 1-channel encoder (concatenated), or
     every channel at once through an encoder with the case's channels."""
     data = torch.from_numpy(np.asarray(volume, dtype=np.float32))
     parts = [data[c:c + 1] for c in range(data.shape[0])] if network.input_channels == 1 else [data]
     features = []
     for part in parts:
-        batch = pad_to_multiple(part.to(device))[None]
+        batch = pad_for_network(network, part.to(device))[None]
         with torch.autocast(device.type, enabled=device.type == "cuda"):
             features.append(network.head.pooled_features(network.encoder(batch))[0].float().cpu())
     return torch.cat(features).numpy().astype(np.float32)
@@ -90,7 +111,7 @@ def case_folds(splits: Sequence[dict]) -> dict[str, int]:
 
 
 def embed_dataset(dataset: str, output: Path, checkpoint: Path | None, random_filters: int | None,
-                  pool_levels: Sequence[int], pooling: str, device: torch.device, plans: str = DEFAULT_PLANS,
+                  pool_levels: Sequence[int] | None, pooling: str, device: torch.device, plans: str = DEFAULT_PLANS,
                   configuration: str = DEFAULT_CONFIGURATION, trust_checkpoint: bool = False) -> dict[str, Any]:
     """Embed every preprocessed training case of ``dataset`` into ``output``; returns the index written."""
     base = Path(os.environ.get("nnUNet_preprocessed") or "")
@@ -129,7 +150,7 @@ def embed_dataset(dataset: str, output: Path, checkpoint: Path | None, random_fi
         rows.append({"case": case, "subject": subjects[case], "target": targets[case], "fold": folds[case]})
     atomic_write_csv(output / EMBEDDINGS_CSV, rows)
     index = {"dataset": name, "task_type": fomo["task_type"], "plans": plans, "configuration": configuration,
-             "pool_levels": list(pool_levels), "pooling": pooling, "dimension": int(dimension), **encoder,
+             "pool_levels": list(network.head.pool_levels), "pooling": pooling, "dimension": int(dimension), **encoder,
              "cases": rows}
     atomic_write_json(output / EMBEDDINGS_JSON, index)
     return index
@@ -147,8 +168,9 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("-o", "--output", type=Path, required=True, help="folder for <case>.npy and the tables")
     parser.add_argument("-p", "--plans", default=DEFAULT_PLANS, help="plans identifier")
     parser.add_argument("-c", "--configuration", default=DEFAULT_CONFIGURATION, help="nnU-Net configuration")
-    parser.add_argument("--pool-levels", type=int, nargs="+", default=list(DEFAULT_HEAD_POOL_LEVELS),
-                        choices=range(FOMO_N_STAGES), help="encoder levels pooled into the embedding (4: deepest)")
+    parser.add_argument("--pool-levels", type=int, nargs="+", metavar="LEVEL",
+                        help="encoder levels pooled into the embedding (default: the deepest, 4 for a UNet, 5 for a "
+                             "residual-encoder U-Net)")
     parser.add_argument("--pooling", choices=POOLINGS, default=DEFAULT_HEAD_POOLING, help="global pooling per level")
     parser.add_argument("-device", "--device", default=AUTO_DEVICE, choices=DEVICE_CHOICES,
                         help=f"device ({AUTO_DEVICE}: cuda when a GPU is available, else cpu)")

@@ -59,13 +59,13 @@ def forward_whole_case(network: torch.nn.Module, volume: torch.Tensor,
     With ``mirror_axes`` (spatial axis indices) the outputs of every mirrored copy are averaged, as nnU-Net
     averages logits in its test-time augmentation.
     """
-    batch = _pad_for(network, volume)[None]
+    batch = pad_for_network(network, volume)[None]
     outputs = [network(torch.flip(batch, [axis + _FIRST_SPATIAL_DIM for axis in combo]) if combo else batch)
                for combo in mirror_combinations(mirror_axes)]
     return torch.stack(outputs).mean(0)[0].float()
 
 
-def _pad_for(network: torch.nn.Module, volume: torch.Tensor) -> torch.Tensor:
+def pad_for_network(network: torch.nn.Module, volume: torch.Tensor) -> torch.Tensor:
     """``volume`` padded for a network of ``n_stages`` levels (FOMO's networks say how many; 6 for the FOMO26 / nnssl
     residual encoder): to a multiple of its downsampling, and to at least two bottleneck voxels per axis, which
     instance norm needs. A network that does not say gets UNet-B's :data:`SPATIAL_MULTIPLE`."""
