@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from fresh_process import run_fresh
 
 from nnunet_ext.errors import EXIT_BAD_INPUT
 
@@ -21,8 +22,7 @@ DEVICE_SCRIPTS = ("data_loading", "gpu_training", "inference", "trainer_overhead
 
 
 def run(script: str, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, str(BENCHMARKS / f"{script}.py"), *args], capture_output=True, text=True,
-                          cwd=REPO)
+    return run_fresh([sys.executable, str(BENCHMARKS / f"{script}.py"), *args], cwd=REPO)
 
 
 def assert_refused(done: subprocess.CompletedProcess, line_start: str) -> None:

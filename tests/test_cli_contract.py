@@ -96,8 +96,9 @@ CASES: dict[str, tuple[Callable[[Path], List[str]], str]] = {
 }
 
 
-#: Commands running at the same time: one per usable core, at most 4 (each holds a few hundred MB).
-PARALLEL_COMMANDS = max(1, min(4, len(os.sched_getaffinity(0))))
+#: Commands running at the same time: one. Forked from the zygote, a refusal takes a fraction of a second of one core;
+#: a second zygote for a second command at a time would cost five.
+PARALLEL_COMMANDS = 1
 
 
 @dataclass

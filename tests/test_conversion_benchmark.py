@@ -3,17 +3,17 @@
 from __future__ import annotations
 
 import json
-import subprocess
 import sys
 from pathlib import Path
+
+from fresh_process import run_fresh
 
 REPO = Path(__file__).resolve().parents[1]
 BENCHMARK = REPO / "benchmarks" / "conversion.py"
 
 
 def test_quick_run_reports_both_methods_and_their_ratio(tmp_path: Path):
-    done = subprocess.run([sys.executable, str(BENCHMARK), "--quick", "--task", "1", "--out", str(tmp_path)],
-                          capture_output=True, text=True, cwd=REPO)
+    done = run_fresh([sys.executable, str(BENCHMARK), "--quick", "--task", "1", "--out", str(tmp_path)], cwd=REPO)
     assert done.returncode == 0, done.stderr[-3000:]
     report = json.loads((tmp_path / "conversion.json").read_text())
     medians = report["median_seconds"]
@@ -26,6 +26,6 @@ def test_quick_run_reports_both_methods_and_their_ratio(tmp_path: Path):
 
 
 def test_help_explains_every_option():
-    done = subprocess.run([sys.executable, str(BENCHMARK), "--help"], capture_output=True, text=True)
+    done = run_fresh([sys.executable, str(BENCHMARK), "--help"])
     assert done.returncode == 0
     assert all(flag in done.stdout for flag in ("--out", "--task", "--cases", "--shape", "--repeats", "--quick"))

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 import sys
 from pathlib import Path
 
@@ -49,13 +48,12 @@ def test_quick_run_measures_both_loaders_and_networks(tmp_path: Path):
 
 
 def test_help_explains_every_option():
-    done = subprocess.run([sys.executable, str(BENCHMARK), "--help"], capture_output=True, text=True)
+    done = run_fresh([sys.executable, str(BENCHMARK), "--help"])
     assert done.returncode == 0
     assert all(flag in done.stdout for flag in ("--out", "--task", "--cases", "--spacing", "--patch-edges", "--workers",
                                                 "--batches", "--repeats", "--starting-filters", "--device", "--quick"))
 
 
 def test_patch_edges_must_fit_the_network():
-    done = subprocess.run([sys.executable, str(BENCHMARK), "--out", "unused", "--patch-edges", "40"],
-                          capture_output=True, text=True)
+    done = run_fresh([sys.executable, str(BENCHMARK), "--out", "unused", "--patch-edges", "40"])
     assert done.returncode == 2 and "multiple of 16" in done.stderr

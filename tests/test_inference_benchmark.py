@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from fresh_process import run_fresh
 import worker_pools
 
 REPO = Path(__file__).resolve().parents[1]
@@ -51,7 +52,7 @@ def test_cpu_gpu_check_trains_then_times_every_part_of_a_regression_call(tmp_pat
 
 
 def test_help_explains_every_option():
-    done = subprocess.run([sys.executable, str(BENCHMARK), "--help"], capture_output=True, text=True)
+    done = run_fresh([sys.executable, str(BENCHMARK), "--help"])
     assert done.returncode == 0
     assert all(flag in done.stdout for flag in ("--out", "--tasks", "--starting-filters", "--shape", "--repeats",
                                                 "--max-direct-passes", "--device", "--quick"))

@@ -22,9 +22,9 @@ from nnunet_ext.trainers.case_validation import pad_to_multiple
 
 N_CASES = 15
 FILTERS = 4
-#: The residual-encoder checkpoint embedded: FOMO26's smallest size (2 blocks per stage) at 1/16 width, so that 30
+#: The residual-encoder checkpoint embedded: FOMO26's smallest size (2 blocks per stage) at 1/32 width, so that 30
 #: scans padded to 64^3 (the 6-stage encoder's least) take seconds.
-RESENC_MODEL, RESENC_FILTERS = "resenc_unet_s", 2
+RESENC_MODEL, RESENC_FILTERS = "resenc_unet_s", 1
 #: Channels of the test datasets: each is embedded on its own by a 1-channel encoder.
 N_CHANNELS = 2
 

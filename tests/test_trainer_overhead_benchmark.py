@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import statistics
-import subprocess
 import sys
 from pathlib import Path
 
@@ -59,7 +58,7 @@ def test_quick_run_times_every_trainer_against_the_stock_one(tmp_path: Path):
 
 
 def test_help_explains_every_option():
-    done = subprocess.run([sys.executable, str(BENCHMARK), "--help"], capture_output=True, text=True)
+    done = run_fresh([sys.executable, str(BENCHMARK), "--help"])
     assert done.returncode == 0
     assert all(flag in done.stdout for flag in ("--out", "--tasks", "--device", "--starting-filters", "--patch-size",
                                                 "--head-scale", "--cases", "--rounds", "--steps", "--workers",
