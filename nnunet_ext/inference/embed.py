@@ -64,24 +64,24 @@ def build_embedder(checkpoint: Path | None, random_filters: int | None, pool_lev
         return network.eval(), {"encoder": "random", "starting_filters": random_filters, "seed": RANDOM_ENCODER_SEED}
     state_dict, metadata = load_fomo_state_dict(checkpoint, trust_checkpoint)
     unet = fomo_layout.detect_layout(to_fomo_names(state_dict)[0])
-    resenc = None if unet is not None else resenc_layout.detect_layout(state_dict)
     if unet is not None:
         network = FomoUNet(unet.input_channels, 1, starting_filters=unet.starting_filters, task_type=CLASSIFICATION,
                            **_head_options(pool_levels, pooling))
         report = transfer_fomo_weights(network, state_dict, checkpoint=checkpoint)
         source = {"architecture": "unet", "starting_filters": unet.starting_filters,
                   "input_channels": unet.input_channels}
-    elif resenc is not None:
-        layout = resenc[1]
+    else:
+        detected = resenc_layout.detect_layout(state_dict)
+        if detected is None:
+            raise FomoInputError("no FOMO25 UNet encoder (encoder.in_conv stem) and no FOMO26 / nnssl residual "
+                                 "encoder in this checkpoint", checkpoint)
+        layout = detected[1]
         network = FomoResEncUNet(layout.input_channels, 1, layout.features, layout.blocks, layout.decoder_convs,
                                  task_type=CLASSIFICATION, **_head_options(pool_levels, pooling))
         report = transfer_resenc_weights(network, state_dict, DEFAULT_CHANNEL_ADAPTATION, checkpoint=checkpoint)
         source = {"architecture": "resenc_unet", "features_per_stage": list(layout.features),
                   "blocks_per_stage": list(layout.blocks), "starting_filters": layout.features[0],
                   "input_channels": layout.input_channels}
-    else:
-        raise FomoInputError("no FOMO25 UNet encoder (encoder.in_conv stem) and no FOMO26 / nnssl residual encoder "
-                             "in this checkpoint", checkpoint)
     return network.eval(), {"encoder": str(checkpoint.resolve()), "sha256": report.sha256,
                             "format": metadata["format"], **source, "transferred": report.transferred}
 
