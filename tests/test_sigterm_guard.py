@@ -13,9 +13,9 @@ import signal
 import subprocess
 import sys
 
-#: How long the stress test forks pools under load. On the guard of stop 19, fork pools hung within 1-78 rounds
-#: under two busy processes (about 25 rounds a second on 2 cores).
-STRESS_SECONDS = 8
+#: How long the stress test forks pools under load: about 100 rounds (25 a second on 2 cores), where the guard of
+#: stop 19 hung fork pools within 1-78 rounds under two busy processes.
+STRESS_SECONDS = 4
 #: A round of pools under load takes well under a second; a run past this margin is a hang.
 STRESS_MARGIN_S = 40
 #: Busy processes beside the pools, as a second job on the machine would be.
