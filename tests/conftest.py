@@ -55,23 +55,6 @@ def pytest_configure(config: pytest.Config) -> None:
     torch.set_num_threads(threads)
 
 
-#: The test modules that take longest (measured on 2026-12-06: 20-76 s of one worker each), longest first. Under
-#: ``--dist loadfile`` a worker takes whole modules in collection order as it frees up: a long module collected last
-#: keeps one worker busy while the others idle, so these are collected first. Modules that train the shared models
-#: (``trained_models``) alternate with others, so that two workers rarely wait on the same model.
-LONGEST_MODULES = ("test_trainers_segmentation", "test_container", "test_ixi_benchmark", "test_inference_benchmark",
-                   "test_submission", "test_pretraining", "test_ddp", "test_trainer_overhead_benchmark",
-                   "test_resenc_training", "test_container_fomo26", "test_data_loading_benchmark", "test_demo_smoke",
-                   "test_model_selection", "test_evaluate", "test_cli_contract", "test_linear_probe",
-                   "test_bad_input_inference", "test_ddp_torchrun", "test_convert", "test_planning")
-
-
-def pytest_collection_modifyitems(items: List[pytest.Item]) -> None:
-    """Collect :data:`LONGEST_MODULES` first, in that order; every other module after them, as found."""
-    rank = {name: position for position, name in enumerate(LONGEST_MODULES)}
-    items.sort(key=lambda item: rank.get(item.path.stem, len(rank)))
-
-
 def pytest_sessionstart(session: pytest.Session) -> None:
     """Print :func:`machine_facts` first, even under ``-q`` (which hides pytest's own header)."""
     reporter = session.config.pluginmanager.get_plugin("terminalreporter")

@@ -36,6 +36,8 @@ DEEP_SUPERVISION_TRAINER = "FomoFinetuneTrainer_DeepSupervision_LLRD_debug"
 #: Folder where :func:`record_validated_cases` writes what each rank validated.
 RECORD_ENV = "FOMO_TEST_DDP_RECORD"
 REGRESSION_CASES = 10
+#: Enough for two validation folds that hold both classes.
+CLASSIFICATION_CASES = 10
 #: The regression network pools the first encoder level only (``--head-pool-levels 1``): the deeper stages get no
 #: gradient, which DDP must be told to expect.
 SHALLOW_HEAD_LEVELS = [1]
@@ -96,6 +98,13 @@ def segmentation(tmp_path_factory: pytest.TempPathFactory) -> PlannedDataset:
 
 
 @pytest.fixture(scope="module")
+def classification(tmp_path_factory: pytest.TempPathFactory) -> CaseLevelDataset:
+    with pytest.MonkeyPatch.context() as monkeypatch:
+        return planned_case_level_dataset(tmp_path_factory, tmp_path_factory.mktemp("ddp_classification"),
+                                          "classification", CLASSIFICATION_CASES, monkeypatch)
+
+
+@pytest.fixture(scope="module")
 def regression(tmp_path_factory: pytest.TempPathFactory) -> CaseLevelDataset:
     """The planned regression dataset, its network re-planned with :data:`SHALLOW_HEAD_LEVELS`."""
     with pytest.MonkeyPatch.context() as monkeypatch:
@@ -108,10 +117,25 @@ def regression(tmp_path_factory: pytest.TempPathFactory) -> CaseLevelDataset:
     return dataset
 
 
+def test_the_default_segmentation_trainer_trains_in_step_under_ddp(segmentation, tmp_path):
+    """Deep supervision off leaves three of the decoder's four output convs without a gradient, and the output conv
+    drawn afresh after the pretrained transfer differs per rank: FomoFinetuneTrainer stopped at its second iteration
+    and its ranks drifted apart."""
+    ranks = train_ddp_on_cpu(DATASET_NAME, CONFIGURATION, 0, "FomoFinetuneTrainer_debug", tmp_path,
+                             _env(segmentation.env, tmp_path / "results"))
+    _assert_ranks_agree(ranks, "ema_fg_dice")
+
+
+def test_the_classification_trainer_trains_in_step_under_ddp(classification, tmp_path):
+    """Through nnU-Net's own launcher (the torchrun path is in ``test_ddp_torchrun``): the ranks hold the same weights
+    and every rank logs the same AUROC of all validation cases."""
+    ranks = train_ddp_on_cpu(classification.name, CONFIGURATION, 0, "FomoClassificationTrainer_debug", tmp_path,
+                             _env(classification.env, tmp_path / "results"))
+    _assert_ranks_agree(ranks, "val_auroc")
+
+
 def test_segmentation_frozen_then_unfrozen_trains_in_step_under_ddp(segmentation, tmp_path):
-    """Deep supervision off leaves three of the decoder's four output convs without a gradient, the frozen first
-    epoch the encoder too, and the output conv drawn afresh after the pretrained transfer differs per rank: the
-    plain FomoFinetuneTrainer's problems, and the frozen variants'."""
+    """The frozen first epoch leaves the encoder without a gradient too, and the second unfreezes it under DDP."""
     ranks = train_ddp_on_cpu(DATASET_NAME, CONFIGURATION, 0, UNFREEZING_TRAINER, tmp_path,
                              _env(segmentation.env, tmp_path / "results"), setup=register_unfreezing_trainer)
     _assert_ranks_agree(ranks, "ema_fg_dice")

@@ -1,7 +1,7 @@
 """A tiny-width FOMO26 ResEnc-B checkpoint through ``fomo_plan_and_preprocess --model resenc_unet_b``, a run shorter
 than ``_debug`` (1 epoch of 1 training and 1 validation iteration; CPU) and ``fomo_predict`` with the trained fold,
-for each of the three tasks; the regression run starts from the same network as an nnssl release checkpoint
-(ResEnc-L: ``network_weights`` in DNA's names, with its adaptation plan). The 6-stage network needs 64^3 patches, so every step costs more than the UNet-B tests'
+for each of the three tasks, each from the checkpoint in both layouts: FOMO26's Lightning file and an nnssl release
+checkpoint of the same network (as nnssl's ResEnc-L: ``network_weights`` in DNA's names, with its adaptation plan). The 6-stage network needs 64^3 patches, so every step costs more than the UNet-B tests'
 32^3: the final validation (nnU-Net's, mirrored 8 times) is left to the UNet-B trainer tests, which share its code,
 and prediction runs without test-time mirroring."""
 
@@ -100,9 +100,10 @@ def _check_fold(fold: Path, task_type: str, naming: str = FOMO26) -> None:
     assert all(torch.isfinite(t).all() for t in final["network_weights"].values() if t.is_floating_point())
 
 
-@pytest.mark.parametrize("task_type, family, metric, naming", [
-    ("classification", FomoClassificationTrainer, "val_auroc", FOMO26),
-    ("regression", FomoRegressionTrainer, "val_mae", NNSSL)])
+@pytest.mark.parametrize("naming", [FOMO26, NNSSL])
+@pytest.mark.parametrize("task_type, family, metric", [
+    ("classification", FomoClassificationTrainer, "val_auroc"),
+    ("regression", FomoRegressionTrainer, "val_mae")])
 def test_case_level_debug_run_from_a_resenc_checkpoint_then_prediction(task_type: str, family: type, metric: str,
                                                                         naming: str, tmp_path: Path,
                                                                         monkeypatch: pytest.MonkeyPatch):
@@ -130,17 +131,18 @@ def test_case_level_debug_run_from_a_resenc_checkpoint_then_prediction(task_type
     assert 0 <= record["prediction"] <= 1 if task_type == "classification" else record["prediction"] > 0
 
 
-def test_segmentation_debug_run_from_a_resenc_checkpoint(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+@pytest.mark.parametrize("naming", [FOMO26, NNSSL])
+def test_segmentation_debug_run_from_a_resenc_checkpoint(naming: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     raw = tmp_path / "nnUNet_raw" / trainer_datasets.DATASET_NAME
     trainer_datasets.make_raw_dataset(raw)
-    _plan(tmp_path, trainer_datasets.DATASET_ID, monkeypatch)
+    _plan(tmp_path, trainer_datasets.DATASET_ID, monkeypatch, naming)
     preprocessed = tmp_path / "nnUNet_preprocessed" / trainer_datasets.DATASET_NAME
     trainer = _tiny_run(FomoFinetuneTrainer, monkeypatch)(
         {**json.loads((preprocessed / "nnUNetPlans.json").read_text()), "continue_training": False}, CONFIGURATION,
         0, json.loads((preprocessed / "dataset.json").read_text()), CPU)
     trainer.run_training()
     fold = Path(trainer.output_folder)
-    _check_fold(fold, "segmentation")
+    _check_fold(fold, "segmentation", naming)
     network = torch.load(fold / "checkpoint_final.pth", map_location="cpu", weights_only=False)["network_weights"]
     assert network["decoder.seg_layers.4.weight"].shape == (2, STARTING_FILTERS, 1, 1, 1)  # background + lesion
 
