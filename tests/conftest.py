@@ -11,11 +11,17 @@ import tempfile
 from pathlib import Path
 from typing import Callable, Dict, Iterator, List
 
-import pytest
-import worker_pools
-from fomo_files import FomoTree
+# Before any library starts OpenMP, here and in every process the tests start: an idle OpenMP thread sleeps instead
+# of spinning. The benchmarks' smoke runs train on every core, as nnUNetv2_train does, while the other xdist worker
+# runs too; spinning threads of two such processes then took a core from each other's working threads (two of them
+# side by side: 41 s each, 16 s with passive waiting).
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-from nnunet_ext.dataset_conversion.synthetic import make_synthetic_dataset
+import pytest  # noqa: E402
+import worker_pools  # noqa: E402
+from fomo_files import FomoTree  # noqa: E402
+
+from nnunet_ext.dataset_conversion.synthetic import make_synthetic_dataset  # noqa: E402
 
 #: Small enough for 2 shared CPU cores, large enough for nnU-Net's integrity check and planning.
 SYNTHETIC_SHAPE = (32, 32, 24)
