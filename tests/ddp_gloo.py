@@ -17,6 +17,7 @@ starts nnU-Net's worker pools as that test does (``worker_pools``).
 
 from __future__ import annotations
 
+import math
 import multiprocessing
 import os
 import socket
@@ -88,3 +89,13 @@ def train_ddp_on_cpu(dataset: str, configuration: str, fold, trainer: str, dump_
                                       worker_pools.current()),
                        nprocs=world_size, join=True, start_method="forkserver")
     return [torch.load(dump_folder / RANK_DUMP.format(rank=rank), weights_only=False) for rank in range(world_size)]
+
+
+def assert_ranks_agree(ranks: list[dict], metric: str) -> list[float]:
+    """Identical weights on both ranks and the same finite ``metric`` in every epoch; returns its history."""
+    assert ranks[0]["state"].keys() == ranks[1]["state"].keys()
+    differing = [k for k in ranks[0]["state"] if not torch.equal(ranks[0]["state"][k], ranks[1]["state"][k])]
+    assert not differing, f"the ranks hold different {differing[:3]}"
+    history = [rank["logging"][metric] for rank in ranks]
+    assert history[0] == history[1] and history[0] and all(math.isfinite(v) for v in history[0])
+    return history[0]

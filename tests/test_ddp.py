@@ -6,7 +6,6 @@ trains. Pretraining's run is in ``test_pretraining``, the torchrun path in ``tes
 from __future__ import annotations
 
 import json
-import math
 import os
 from pathlib import Path
 
@@ -14,7 +13,7 @@ import pytest
 import torch
 
 from case_level_datasets import CaseLevelDataset, planned_case_level_dataset
-from ddp_gloo import train_ddp_on_cpu
+from ddp_gloo import assert_ranks_agree, train_ddp_on_cpu
 from nnunet_ext.env import EXT_TRAINER_VAR, TRAINER_LOOKUP_FOLDER
 from nnunet_ext.errors import FomoInputError
 from nnunet_ext.trainers import FomoFinetuneTrainer, base
@@ -46,16 +45,6 @@ SHALLOW_HEAD_LEVELS = [1]
 def _env(dataset_env: dict, results: Path) -> dict:
     return {**dataset_env, **TRAINING_ENV, "nnUNet_results": str(results), "nnUNet_compile": "false",
             EXT_TRAINER_VAR: str(TRAINER_LOOKUP_FOLDER)}
-
-
-def _assert_ranks_agree(ranks: list[dict], metric: str) -> list[float]:
-    """Identical weights on both ranks and the same finite ``metric`` in every epoch; returns its history."""
-    assert ranks[0]["state"].keys() == ranks[1]["state"].keys()
-    differing = [k for k in ranks[0]["state"] if not torch.equal(ranks[0]["state"][k], ranks[1]["state"][k])]
-    assert not differing, f"the ranks hold different {differing[:3]}"
-    history = [rank["logging"][metric] for rank in ranks]
-    assert history[0] == history[1] and history[0] and all(math.isfinite(v) for v in history[0])
-    return history[0]
 
 
 def register_unfreezing_trainer() -> None:
@@ -123,7 +112,7 @@ def test_the_default_segmentation_trainer_trains_in_step_under_ddp(segmentation,
     and its ranks drifted apart."""
     ranks = train_ddp_on_cpu(DATASET_NAME, CONFIGURATION, 0, "FomoFinetuneTrainer_debug", tmp_path,
                              _env(segmentation.env, tmp_path / "results"))
-    _assert_ranks_agree(ranks, "ema_fg_dice")
+    assert_ranks_agree(ranks, "ema_fg_dice")
 
 
 def test_the_classification_trainer_trains_in_step_under_ddp(classification, tmp_path):
@@ -131,14 +120,14 @@ def test_the_classification_trainer_trains_in_step_under_ddp(classification, tmp
     and every rank logs the same AUROC of all validation cases."""
     ranks = train_ddp_on_cpu(classification.name, CONFIGURATION, 0, "FomoClassificationTrainer_debug", tmp_path,
                              _env(classification.env, tmp_path / "results"))
-    _assert_ranks_agree(ranks, "val_auroc")
+    assert_ranks_agree(ranks, "val_auroc")
 
 
 def test_segmentation_frozen_then_unfrozen_trains_in_step_under_ddp(segmentation, tmp_path):
     """The frozen first epoch leaves the encoder without a gradient too, and the second unfreezes it under DDP."""
     ranks = train_ddp_on_cpu(DATASET_NAME, CONFIGURATION, 0, UNFREEZING_TRAINER, tmp_path,
                              _env(segmentation.env, tmp_path / "results"), setup=register_unfreezing_trainer)
-    _assert_ranks_agree(ranks, "ema_fg_dice")
+    assert_ranks_agree(ranks, "ema_fg_dice")
 
 
 def test_segmentation_with_deep_supervision_and_layerwise_rates_trains_in_step_under_ddp(segmentation, tmp_path):
@@ -146,7 +135,7 @@ def test_segmentation_with_deep_supervision_and_layerwise_rates_trains_in_step_u
     same on both ranks; and the per-level parameter groups must not change what DDP synchronises."""
     ranks = train_ddp_on_cpu(DATASET_NAME, CONFIGURATION, 0, DEEP_SUPERVISION_TRAINER, tmp_path,
                              _env(segmentation.env, tmp_path / "results"), setup=register_deep_supervision_trainer)
-    _assert_ranks_agree(ranks, "ema_fg_dice")
+    assert_ranks_agree(ranks, "ema_fg_dice")
 
 
 def test_case_level_validation_is_split_over_the_ranks_and_scored_once(regression, tmp_path):
@@ -158,7 +147,7 @@ def test_case_level_validation_is_split_over_the_ranks_and_scored_once(regressio
     trainer = "FomoRegressionTrainer_debug"
     ranks = train_ddp_on_cpu(regression.name, CONFIGURATION, 0, trainer, tmp_path, env,
                              setup=record_validated_cases)
-    _assert_ranks_agree(ranks, "val_mae")
+    assert_ranks_agree(ranks, "val_mae")
     validations = [[json.loads(line) for line in (tmp_path / "record" / f"rank{r}.jsonl").read_text().splitlines()]
                    for r in range(2)]
     val_cases = sorted(regression.splits[0]["val"])

@@ -3,7 +3,8 @@ than ``_debug`` (1 epoch of 1 training and 1 validation iteration; CPU) and ``fo
 for each of the three tasks, each from the checkpoint in both layouts: FOMO26's Lightning file and an nnssl release
 checkpoint of the same network (as nnssl's ResEnc-L: ``network_weights`` in DNA's names, with its adaptation plan). The 6-stage network needs 64^3 patches, so every step costs more than the UNet-B tests'
 32^3: the final validation (nnU-Net's, mirrored 8 times) is left to the UNet-B trainer tests, which share its code,
-and prediction runs without test-time mirroring."""
+and prediction runs without test-time mirroring. The segmentation trainer on this network also trains under two
+gloo DDP ranks."""
 
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ import torch
 
 import case_level_datasets
 import trainer_datasets
+from ddp_gloo import assert_ranks_agree, train_ddp_on_cpu
 from nnunet_ext.env import EXT_TRAINER_VAR, TRAINER_LOOKUP_FOLDER
 from nnunet_ext.inference.predict import main as fomo_predict
 from nnunet_ext.preprocessing.plan_and_preprocess import fomo_plan_and_preprocess
@@ -43,6 +45,9 @@ CPU = torch.device("cpu")
 #: Checkpoint writer per layout: FOMO26's Lightning file and nnssl's release file.
 CHECKPOINT_WRITERS = {FOMO26: (make_resenc_checkpoint, "resenc_unet_b.ckpt"),
                       NNSSL: (make_nnssl_checkpoint, "checkpoint_final.pth")}
+#: The default segmentation trainer for one epoch of two steps, registered in every DDP rank (nnU-Net's lookup finds
+#: it by name there).
+DDP_TRAINER = "FomoFinetuneTrainer_tinyDDP"
 
 
 def _tiny_run(family: type, monkeypatch: pytest.MonkeyPatch) -> type:
@@ -52,6 +57,12 @@ def _tiny_run(family: type, monkeypatch: pytest.MonkeyPatch) -> type:
                    {"epochs": 1, "iterations": 1, "val_iterations": 1, "__module__": __name__})
     monkeypatch.setitem(TRAINERS, trainer.__name__, trainer)
     return trainer
+
+
+def register_ddp_trainer() -> None:
+    """(In every rank) :data:`DDP_TRAINER`."""
+    TRAINERS[DDP_TRAINER] = type(DDP_TRAINER, (ShortSchedule, FomoFinetuneTrainer),
+                                 {"epochs": 1, "iterations": 2, "val_iterations": 1})
 
 
 def _predict(fold: Path, raw: Path, case: str, out: Path) -> None:
@@ -152,3 +163,16 @@ def test_segmentation_debug_run_from_a_resenc_checkpoint(naming: str, tmp_path: 
     image = sitk.ReadImage(str(raw / "imagesTr" / f"{case}_0000.nii.gz"))
     assert mask.GetSize() == image.GetSize() and mask.GetSpacing() == image.GetSpacing()
     assert set(np.unique(sitk.GetArrayFromImage(mask))) <= {0, 1}
+
+
+def test_segmentation_from_a_resenc_checkpoint_trains_in_step_under_ddp(tmp_path: Path,
+                                                                        monkeypatch: pytest.MonkeyPatch):
+    """Two gloo ranks through nnU-Net's ``run_ddp`` (see ``ddp_gloo``): the residual decoder's coarser output convs get
+    no gradient with deep supervision off, and its output conv is drawn after the transfer; the ranks must still
+    hold the same weights and log the same Dice."""
+    trainer_datasets.make_raw_dataset(tmp_path / "nnUNet_raw" / trainer_datasets.DATASET_NAME)
+    _plan(tmp_path, trainer_datasets.DATASET_ID, monkeypatch)
+    ranks = train_ddp_on_cpu(trainer_datasets.DATASET_NAME, CONFIGURATION, 0, DDP_TRAINER, tmp_path,
+                             {"nnUNet_compile": "false"}, setup=register_ddp_trainer)
+    assert_ranks_agree(ranks, "ema_fg_dice")
+    assert any(key.startswith("encoder.stages.5.") for key in ranks[0]["state"])  # the 6-stage residual encoder
