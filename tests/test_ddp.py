@@ -17,12 +17,14 @@ from ddp_gloo import assert_ranks_agree, train_ddp_on_cpu
 from nnunet_ext.env import EXT_TRAINER_VAR, TRAINER_LOOKUP_FOLDER
 from nnunet_ext.errors import FomoInputError
 from nnunet_ext.trainers import FomoFinetuneTrainer, base
+from resenc_datasets import plan_resenc
 from trainer_datasets import (
     CONFIGURATION,
     DATASET_ID,
     DATASET_NAME,
     TRAINING_ENV,
     PlannedDataset,
+    make_raw_dataset,
     planned_segmentation_dataset,
     use_dataset,
 )
@@ -32,6 +34,8 @@ UNFREEZING_TRAINER = "FomoFinetuneTrainer_FrozenEncoderUnfreeze1_debug"
 #: Deep supervision on (every decoder output trained) with layer-wise learning-rate decay (one parameter group per
 #: encoder level), for ``_debug``'s two short epochs: the variant whose ranks once ended with different weights.
 DEEP_SUPERVISION_TRAINER = "FomoFinetuneTrainer_DeepSupervision_LLRD_debug"
+#: The default segmentation trainer for one epoch of two steps, for the residual encoder's 64^3 patches.
+RESENC_TRAINER = "FomoFinetuneTrainer_tinyDDP"
 #: Folder where :func:`record_validated_cases` writes what each rank validated.
 RECORD_ENV = "FOMO_TEST_DDP_RECORD"
 REGRESSION_CASES = 10
@@ -63,6 +67,15 @@ def register_deep_supervision_trainer() -> None:
 
     TRAINERS[DEEP_SUPERVISION_TRAINER] = type(DEEP_SUPERVISION_TRAINER,
                                               (LayerwiseLRDecay, FomoFinetuneTrainer_DeepSupervision_debug), {})
+
+
+def register_resenc_trainer() -> None:
+    """(In every rank) :data:`RESENC_TRAINER`, found by nnU-Net's lookup like every variant."""
+    from nnunet_ext.trainers import TRAINERS
+    from nnunet_ext.trainers.variants import ShortSchedule
+
+    TRAINERS[RESENC_TRAINER] = type(RESENC_TRAINER, (ShortSchedule, FomoFinetuneTrainer),
+                                    {"epochs": 1, "iterations": 2, "val_iterations": 1})
 
 
 def record_validated_cases() -> None:
@@ -136,6 +149,19 @@ def test_segmentation_with_deep_supervision_and_layerwise_rates_trains_in_step_u
     ranks = train_ddp_on_cpu(DATASET_NAME, CONFIGURATION, 0, DEEP_SUPERVISION_TRAINER, tmp_path,
                              _env(segmentation.env, tmp_path / "results"), setup=register_deep_supervision_trainer)
     assert_ranks_agree(ranks, "ema_fg_dice")
+
+
+def test_segmentation_from_a_resenc_checkpoint_trains_in_step_under_ddp(tmp_path: Path,
+                                                                        monkeypatch: pytest.MonkeyPatch):
+    """Two gloo ranks through nnU-Net's ``run_ddp`` (see ``ddp_gloo``): the residual decoder's coarser output convs get
+    no gradient with deep supervision off, and its output conv is drawn after the transfer; the ranks must still
+    hold the same weights and log the same Dice."""
+    make_raw_dataset(tmp_path / "nnUNet_raw" / DATASET_NAME)
+    plan_resenc(tmp_path, DATASET_ID, monkeypatch)
+    ranks = train_ddp_on_cpu(DATASET_NAME, CONFIGURATION, 0, RESENC_TRAINER, tmp_path,
+                             {"nnUNet_compile": "false"}, setup=register_resenc_trainer)
+    assert_ranks_agree(ranks, "ema_fg_dice")
+    assert any(key.startswith("encoder.stages.5.") for key in ranks[0]["state"])  # the 6-stage residual encoder
 
 
 def test_case_level_validation_is_split_over_the_ranks_and_scored_once(regression, tmp_path):

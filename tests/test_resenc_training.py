@@ -3,8 +3,7 @@ than ``_debug`` (1 epoch of 1 training and 1 validation iteration; CPU) and ``fo
 for each of the three tasks, each from the checkpoint in both layouts: FOMO26's Lightning file and an nnssl release
 checkpoint of the same network (as nnssl's ResEnc-L: ``network_weights`` in DNA's names, with its adaptation plan). The 6-stage network needs 64^3 patches, so every step costs more than the UNet-B tests'
 32^3: the final validation (nnU-Net's, mirrored 8 times) is left to the UNet-B trainer tests, which share its code,
-and prediction runs without test-time mirroring. The segmentation trainer on this network also trains under two
-gloo DDP ranks."""
+and prediction runs without test-time mirroring. Its run under DDP is in ``test_ddp``."""
 
 from __future__ import annotations
 
@@ -19,35 +18,16 @@ import torch
 
 import case_level_datasets
 import trainer_datasets
-from ddp_gloo import assert_ranks_agree, train_ddp_on_cpu
-from nnunet_ext.env import EXT_TRAINER_VAR, TRAINER_LOOKUP_FOLDER
+from resenc_datasets import MODEL, STARTING_FILTERS, plan_resenc
 from nnunet_ext.inference.predict import main as fomo_predict
-from nnunet_ext.preprocessing.plan_and_preprocess import fomo_plan_and_preprocess
-from nnunet_ext.preprocessing.planner import FomoPlanSettings
 from nnunet_ext.pretrained.resenc_layout import FOMO26, NNSSL
-from nnunet_ext.pretrained.testing import (
-    make_nnssl_checkpoint,
-    make_resenc_checkpoint,
-    make_resenc_state_dict,
-    resenc_layout_for,
-)
+from nnunet_ext.pretrained.testing import make_resenc_state_dict, resenc_layout_for
 from nnunet_ext.trainers import TRAINERS, FomoClassificationTrainer, FomoFinetuneTrainer, FomoRegressionTrainer
 from nnunet_ext.trainers.pretrained_loading import TRANSFER_REPORT_FILENAME
 from nnunet_ext.trainers.variants import ShortSchedule
 
-MODEL = "resenc_unet_b"
-#: resenc_unet_b scaled to 4 features in its first stage: [4, 8, 16, 32, 40, 40], blocks 1, 3, 4, 6, 6, 6.
-STARTING_FILTERS = 4
-#: The smallest patch a 6-stage network trains on: 5 downsamplings by 2 leave 2^3 bottleneck voxels.
-PATCH = 64
 CONFIGURATION = "3d_fullres"
 CPU = torch.device("cpu")
-#: Checkpoint writer per layout: FOMO26's Lightning file and nnssl's release file.
-CHECKPOINT_WRITERS = {FOMO26: (make_resenc_checkpoint, "resenc_unet_b.ckpt"),
-                      NNSSL: (make_nnssl_checkpoint, "checkpoint_final.pth")}
-#: The default segmentation trainer for one epoch of two steps, registered in every DDP rank (nnU-Net's lookup finds
-#: it by name there).
-DDP_TRAINER = "FomoFinetuneTrainer_tinyDDP"
 
 
 def _tiny_run(family: type, monkeypatch: pytest.MonkeyPatch) -> type:
@@ -59,12 +39,6 @@ def _tiny_run(family: type, monkeypatch: pytest.MonkeyPatch) -> type:
     return trainer
 
 
-def register_ddp_trainer() -> None:
-    """(In every rank) :data:`DDP_TRAINER`."""
-    TRAINERS[DDP_TRAINER] = type(DDP_TRAINER, (ShortSchedule, FomoFinetuneTrainer),
-                                 {"epochs": 1, "iterations": 2, "val_iterations": 1})
-
-
 def _predict(fold: Path, raw: Path, case: str, out: Path) -> None:
     """``fomo_predict`` of one training case of ``raw`` with the trained ``fold`` alone, without mirroring."""
     images = out.parent / "images"
@@ -74,25 +48,6 @@ def _predict(fold: Path, raw: Path, case: str, out: Path) -> None:
     dataset_id = raw.name[len("Dataset"):len("Dataset") + 3]
     assert fomo_predict(["-i", str(images), "-o", str(out), "-d", dataset_id, "-tr", fold.parent.name.split("__")[0],
                          "-f", "0", "-device", "cpu", "--disable_tta"]) == 0
-
-
-def _plan(root: Path, dataset_id: int, monkeypatch: pytest.MonkeyPatch, naming: str = FOMO26) -> Path:
-    """Plan the raw dataset ``dataset_id`` under ``root`` for resenc_unet_b with a tiny checkpoint in the layout of
-    ``naming``; returns the checkpoint. nnU-Net's folders are exported through ``monkeypatch``, ready for training."""
-    for name in trainer_datasets.NNUNET_DIRS:
-        (root / name).mkdir(exist_ok=True)
-        monkeypatch.setenv(name, str(root / name))
-    monkeypatch.setenv("nnUNet_def_n_proc", "1")
-    monkeypatch.delenv("FOMO_PRETRAINED", raising=False)
-    write, name = CHECKPOINT_WRITERS[naming]
-    checkpoint = write(root / name, resenc_layout_for(MODEL, STARTING_FILTERS))
-    fomo_plan_and_preprocess(dataset_id, FomoPlanSettings(model=MODEL, starting_filters=STARTING_FILTERS,
-                                                          patch_size=(PATCH,) * 3, pretrained=checkpoint),
-                             num_processes=1)
-    for name, value in trainer_datasets.TRAINING_ENV.items():  # after planning (see nnunet_notes.md)
-        monkeypatch.setenv(name, value)
-    monkeypatch.setenv(EXT_TRAINER_VAR, str(TRAINER_LOOKUP_FOLDER))
-    return checkpoint
 
 
 def _check_fold(fold: Path, task_type: str, naming: str = FOMO26) -> None:
@@ -122,7 +77,7 @@ def test_case_level_debug_run_from_a_resenc_checkpoint_then_prediction(task_type
     dataset = case_level_datasets.CaseLevelDataset(tmp_path, task_type, task["dataset_id"],
                                                    case_level_datasets.case_targets(task_type, 6), n_folds=3)
     case_level_datasets.make_raw_dataset(dataset)
-    checkpoint = _plan(tmp_path, dataset.dataset_id, monkeypatch, naming)
+    checkpoint = plan_resenc(tmp_path, dataset.dataset_id, monkeypatch, naming)
     plans = json.loads((tmp_path / "nnUNet_preprocessed" / dataset.name / "nnUNetPlans.json").read_text())
     architecture = plans["configurations"][CONFIGURATION]["architecture"]
     assert architecture["arch_kwargs"]["head_pool_levels"] == [5]  # the bottleneck of 6 stages, FOMO26's head
@@ -146,7 +101,7 @@ def test_case_level_debug_run_from_a_resenc_checkpoint_then_prediction(task_type
 def test_segmentation_debug_run_from_a_resenc_checkpoint(naming: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     raw = tmp_path / "nnUNet_raw" / trainer_datasets.DATASET_NAME
     trainer_datasets.make_raw_dataset(raw)
-    _plan(tmp_path, trainer_datasets.DATASET_ID, monkeypatch, naming)
+    plan_resenc(tmp_path, trainer_datasets.DATASET_ID, monkeypatch, naming)
     preprocessed = tmp_path / "nnUNet_preprocessed" / trainer_datasets.DATASET_NAME
     trainer = _tiny_run(FomoFinetuneTrainer, monkeypatch)(
         {**json.loads((preprocessed / "nnUNetPlans.json").read_text()), "continue_training": False}, CONFIGURATION,
@@ -163,16 +118,3 @@ def test_segmentation_debug_run_from_a_resenc_checkpoint(naming: str, tmp_path: 
     image = sitk.ReadImage(str(raw / "imagesTr" / f"{case}_0000.nii.gz"))
     assert mask.GetSize() == image.GetSize() and mask.GetSpacing() == image.GetSpacing()
     assert set(np.unique(sitk.GetArrayFromImage(mask))) <= {0, 1}
-
-
-def test_segmentation_from_a_resenc_checkpoint_trains_in_step_under_ddp(tmp_path: Path,
-                                                                        monkeypatch: pytest.MonkeyPatch):
-    """Two gloo ranks through nnU-Net's ``run_ddp`` (see ``ddp_gloo``): the residual decoder's coarser output convs get
-    no gradient with deep supervision off, and its output conv is drawn after the transfer; the ranks must still
-    hold the same weights and log the same Dice."""
-    trainer_datasets.make_raw_dataset(tmp_path / "nnUNet_raw" / trainer_datasets.DATASET_NAME)
-    _plan(tmp_path, trainer_datasets.DATASET_ID, monkeypatch)
-    ranks = train_ddp_on_cpu(trainer_datasets.DATASET_NAME, CONFIGURATION, 0, DDP_TRAINER, tmp_path,
-                             {"nnUNet_compile": "false"}, setup=register_ddp_trainer)
-    assert_ranks_agree(ranks, "ema_fg_dice")
-    assert any(key.startswith("encoder.stages.5.") for key in ranks[0]["state"])  # the 6-stage residual encoder
