@@ -1,7 +1,7 @@
 """What a training step of each of our trainers costs against nnU-Net's stock ``nnUNetTrainer``.
 
 One synthetic FOMO dataset per task type (``make_synthetic_dataset`` -> ``fomo_convert`` -> ``fomo_plan_and_preprocess``
-with a checkpoint in the exact layout of the real one), the three prepared side by side. On each, our trainer
+with a checkpoint in the exact layout of the real one), prepared one after the other. On each, our trainer
 (``FomoFinetuneTrainer``, ``FomoClassificationTrainer``, ``FomoRegressionTrainer``) and ``nnUNetTrainer`` are built
 from the same plans, configuration (3d_fullres), fold 0 and preprocessed data, hence the same patch, batch and
 FomoUNet of the plans. Both are started as nnU-Net's loop starts them (``on_train_start``: network, optimiser, data
