@@ -181,10 +181,12 @@ class BenchmarkSettings:
     #: Wall-clock budget of the whole run; None: the schedule's fixed epochs x iterations.
     budget_minutes: Optional[float] = None
     extra: Dict[str, Any] = field(default_factory=dict)
+    #: The trainer of a run from ``pretrained`` (a variant of the regression trainer).
+    pretrained_trainer: str = PRETRAINED_TRAINER
 
     @property
     def trainer(self) -> str:
-        return PRETRAINED_TRAINER if self.pretrained else SCRATCH_TRAINER
+        return self.pretrained_trainer if self.pretrained else SCRATCH_TRAINER
 
 
 # -- set-up -------------------------------------------------------------------------------------------------

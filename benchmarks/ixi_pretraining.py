@@ -54,6 +54,9 @@ SOURCES = {SOURCE_POOL: "unlabelled pool alone (no IXI image)",
 POOL_DATASET_IDS = {SOURCE_POOL: 741, SOURCE_POOL_IXI: 742}
 PRETRAIN_TRAINER = "FomoPretrainTrainer"
 SCRATCH = "scratch"
+#: Trainers that may fine-tune the pretrained checkpoints: everything trains, or the encoder stays as pretrained
+#: (the head alone trains, from the linear probe every case-level trainer starts from).
+FINETUNE_TRAINERS = (ixi.PRETRAINED_TRAINER, f"{ixi.PRETRAINED_TRAINER}_FrozenEncoder", f"{ixi.PRETRAINED_TRAINER}_LLRD")
 RANDOM_ENCODER = "random"
 
 #: CPU defaults: 4 mm (the spacing at which the CPU scratch benchmark did best per minute: MAE 12.49 in 16
@@ -95,6 +98,8 @@ class Settings:
     probes: bool
     #: A folder of ``<source>.ckpt`` from an earlier run: fine-tune and probe those instead of pretraining again.
     reuse_checkpoints: Optional[Path] = None
+    #: The trainers fine-tuning each pretrained checkpoint, one arm each (scratch: ``ixi_brain_age.SCRATCH_TRAINER``).
+    finetune_trainers: tuple = (ixi.PRETRAINED_TRAINER,)
 
 
 # -- stages, each in its own process ------------------------------------------------------------------------
@@ -164,13 +169,21 @@ def pretrain(settings: Settings, source: str, images: Path, nnunet_root: Path, c
     export_pretrained(fold_folder / "checkpoint_final.pth", checkpoint)
 
 
-def finetune(settings: Settings, arm_out: Path, checkpoint: Optional[Path]) -> None:
-    """``ixi_brain_age.py``'s five folds at the fixed schedule, from ``checkpoint`` or from scratch."""
+def arm_name(source: str, trainer: str) -> str:
+    """The arm fine-tuning ``source`` with ``trainer``: the source, and the trainer's variant suffix if any."""
+    return source + trainer[len(ixi.PRETRAINED_TRAINER):]
+
+
+def finetune(settings: Settings, arm_out: Path, checkpoint: Optional[Path],
+             trainer: str = ixi.PRETRAINED_TRAINER) -> None:
+    """``ixi_brain_age.py``'s five folds at the fixed schedule, from ``checkpoint`` with ``trainer`` or from
+    scratch."""
     ixi.run_benchmark(ixi.BenchmarkSettings(
         ixi=settings.ixi, out=arm_out, spacing=(settings.spacing,),
         starting_filters=None if checkpoint else settings.starting_filters, patch_size=None, pretrained=checkpoint,
         schedule=ixi.Schedule(settings.epochs, settings.iterations), folds=settings.folds,
-        subjects=settings.subjects, seed=settings.seed, n_bootstrap=settings.n_bootstrap, device=settings.device))
+        subjects=settings.subjects, seed=settings.seed, n_bootstrap=settings.n_bootstrap, device=settings.device,
+        pretrained_trainer=trainer))
 
 
 def probe(settings: Settings, nnunet_root: Path, checkpoint: Optional[Path], out: Path) -> None:
@@ -248,9 +261,12 @@ def interval(entry: Dict[str, float]) -> str:
 def markdown(report: Dict[str, Any]) -> str:
     s = report["settings"]
     lines = ["# IXI brain age: pretrained against scratch", "",
-             f"{s['spacing']:g} mm, {s['starting_filters']} starting filters; pretraining {s['pretrain_epochs']} x "
-             f"{s['pretrain_iterations']} steps per source; fine-tuning {s['epochs']} x {s['iterations']} steps per "
-             f"fold, folds {s['folds']}; pooled out-of-fold, bootstrap 95% CIs; ages in years.", "",
+             f"{s['spacing']:g} mm, {s['starting_filters']} starting filters; "
+             + (f"checkpoints of an earlier run ({s['reuse_checkpoints']})" if s.get("reuse_checkpoints") else
+                f"pretraining {s['pretrain_epochs']} x {s['pretrain_iterations']} steps per source")
+             + f"; fine-tuning {s['epochs']} x {s['iterations']} steps per fold (from a checkpoint: "
+             f"{', '.join(s.get('finetune_trainers', [ixi.PRETRAINED_TRAINER]))}; from scratch: {ixi.SCRATCH_TRAINER}), "
+             f"folds {s['folds']}; pooled out-of-fold, bootstrap 95% CIs; ages in years.", "",
              "| model | MAE | Pearson r |", "|---|---|---|"]
     for name, result in report["comparison"]["rows"].items():
         lines.append(f"| {name} | {interval(result['mae'])} | {interval(result['pearson_r'])} |")
@@ -282,8 +298,10 @@ def run(settings: Settings) -> Dict[str, Any]:
         checkpoints[source].parent.mkdir(exist_ok=True)
         minutes[f"pretrain_{source}"] = run_stage(settings, f"pretrain_{source}", pretrain, settings, source, images,
                                                   settings.out / f"pretrain_{source}", checkpoints[source])
+    pretrained_arms = {arm_name(source, trainer): (source, trainer)
+                       for source in settings.finetune_from for trainer in settings.finetune_trainers}
     arms = {SCRATCH: settings.out / f"finetune_{SCRATCH}",
-            **{source: settings.out / f"finetune_{source}" for source in settings.finetune_from}}
+            **{arm: settings.out / f"finetune_{arm}" for arm in pretrained_arms}}
     minutes[f"finetune_{SCRATCH}"] = run_stage(settings, f"finetune_{SCRATCH}", finetune, settings, arms[SCRATCH],
                                                None)
     probes: Dict[str, Path] = {}
@@ -292,9 +310,9 @@ def run(settings: Settings) -> Dict[str, Any]:
             probes[encoder] = settings.out / f"probe_{encoder}"
             minutes[f"probe_{encoder}"] = run_stage(settings, f"probe_{encoder}", probe, settings, arms[SCRATCH],
                                                     checkpoints.get(encoder), probes[encoder])
-    for source in settings.finetune_from:
-        minutes[f"finetune_{source}"] = run_stage(settings, f"finetune_{source}", finetune, settings, arms[source],
-                                                  checkpoints[source])
+    for arm, (source, trainer) in pretrained_arms.items():
+        minutes[f"finetune_{arm}"] = run_stage(settings, f"finetune_{arm}", finetune, settings, arms[arm],
+                                               checkpoints[source], trainer)
     return write_report(settings.out, {**{k: str(v) if isinstance(v, Path) else v for k, v in asdict(settings).items()},
                                        "sources": {s: SOURCES[s] for s in settings.sources}},
                         arms, probes, {k: str(v) for k, v in checkpoints.items()}, minutes)
@@ -340,6 +358,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--finetune-from", nargs="+", choices=sorted(SOURCES),
                         help="the pretrained sources to fine-tune from (default: every one of --sources; each is "
                              "linear-probed either way)")
+    parser.add_argument("--finetune-trainers", nargs="+", choices=FINETUNE_TRAINERS, default=[ixi.PRETRAINED_TRAINER],
+                        help="the trainers fine-tuning each checkpoint, an arm each (default: %(default)s; from "
+                             f"scratch: {ixi.SCRATCH_TRAINER})")
     parser.add_argument("--spacing", type=float, default=DEFAULT_SPACING_MM,
                         help="isotropic spacing in mm of pretraining and fine-tuning (default: %(default)s on a CPU;"
                              " 1 on a GPU, the FOMO pretraining's)")
@@ -396,7 +417,8 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
                         epochs=args.epochs, iterations=args.iterations, folds=tuple(args.folds), subjects=None,
                         pool_subjects=None, seed=args.seed, n_bootstrap=args.n_bootstrap, device=args.device,
                         probes=not args.no_probes,
-                        reuse_checkpoints=args.reuse_checkpoints.resolve() if args.reuse_checkpoints else None)
+                        reuse_checkpoints=args.reuse_checkpoints.resolve() if args.reuse_checkpoints else None,
+                        finetune_trainers=tuple(dict.fromkeys(args.finetune_trainers)))
     if args.quick:
         settings = replace(settings, spacing=ixi.QUICK_SPACING_MM, pretrain_patch_size=None,
                            pretrain_epochs=QUICK_PRETRAIN_EPOCHS,

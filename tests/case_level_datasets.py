@@ -214,12 +214,32 @@ def build_trainer(dataset: CaseLevelDataset, trainer_class: type, fold: int = 0)
 
 def fit_a_handful(dataset: CaseLevelDataset, family: type, n_cases: int, steps: int, learning_rate: float):
     """The learning check: ``family`` fitted, seeded, for ``steps`` steps at ``learning_rate`` on ``n_cases`` whole
-    training cases of ``dataset``; returns the :class:`learning.Fit` and the trainer."""
+    training cases of ``dataset``; returns the :class:`learning.Fit` and the trainer.
+
+    The head starts random: this checks the training step, and a head already fitted to the training cases by the
+    linear probe (``head_from_linear_probe``, tested on its own) would leave it nothing to learn."""
     from learning import fit_whole_cases, seed_everything
 
     seed_everything()
-    trainer = build_trainer(dataset, shortened(family, 1, steps, learning_rate))
+    short = shortened(family, 1, steps, learning_rate)
+    trainer = build_trainer(dataset, type(short.__name__, (short,), {"head_from_linear_probe": False}))
     return fit_whole_cases(trainer, n_cases, steps), trainer
+
+
+def whole_training_cases(trainer) -> tuple[list[str], dict, np.ndarray]:
+    """The trainer's fold's training cases: their ids (sorted), whole volumes and the deepest encoder level averaged
+    over each volume (computed here, apart from the head's own pooling), for the head's linear-probe start."""
+    import torch
+
+    from nnunet_ext.trainers.case_validation import load_volumes, pad_for_network
+
+    cases = sorted(trainer.do_split()[0])
+    volumes = load_volumes(trainer._cases_dataset(cases))
+    network = trainer.network.eval()
+    with torch.no_grad():
+        features = np.stack([network.encoder(pad_for_network(network, torch.from_numpy(volumes[c]))[None])[-1]
+                             .mean(dim=(2, 3, 4))[0].double().numpy() for c in cases])
+    return cases, volumes, features
 
 
 def train_in_process(dataset: CaseLevelDataset, trainer_class: type, fold: int = 0) -> Path:

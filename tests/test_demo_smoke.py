@@ -55,3 +55,17 @@ def test_a_tiny_demo_runs_every_step_with_the_flags_given(tmp_path: Path):
         line = next(line for line in commands.splitlines() if line.startswith(command))
         assert f" --seed {SEED} " in f"{line} ", line
     assert "Smoke run" in report and "from random weights" in report and "`_debugScratch` trainers" in report
+
+
+def test_each_task_plans_its_start_from_the_demo_checkpoint_or_from_nothing():
+    """The pretrained arm plans every task with the demo's checkpoint (Task 2's stem takes it on every channel);
+    the scratch arm names no checkpoint at all."""
+    from nnunet_ext.demo import DEMO_RECIPES
+
+    checkpoint = Path("/models/demo.ckpt")
+    for task, recipe in DEMO_RECIPES.items():
+        arguments = recipe.start_arguments(checkpoint)
+        assert arguments[:2] == ["--pretrained", str(checkpoint)], task
+        assert ("--channel-adaptation" in arguments) == (task == 2), task
+        assert recipe.start_arguments(None) == []
+    assert DEMO_RECIPES[2].start_arguments(checkpoint)[-2:] == ["--channel-adaptation", "copy"]

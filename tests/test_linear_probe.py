@@ -12,6 +12,7 @@ import torch
 from case_level_datasets import planned_case_level_dataset
 from nnunetv2.training.dataloading.nnunet_dataset import infer_dataset_class
 
+from nnunet_ext.dataset_conversion.tasks import CLASSIFICATION, REGRESSION
 from nnunet_ext.errors import EXIT_BAD_INPUT
 from nnunet_ext.evaluation import linear_probe
 from nnunet_ext.inference import embed
@@ -19,6 +20,7 @@ from nnunet_ext.networks import FomoUNet
 from nnunet_ext.pretrained import load_fomo_state_dict, transfer_fomo_weights
 from nnunet_ext.pretrained.testing import make_fomo_checkpoint, make_resenc_checkpoint, resenc_layout_for
 from nnunet_ext.trainers.case_validation import pad_to_multiple
+from nnunet_ext.utils.linear_models import as_linear_map, fit_linear_model
 
 N_CASES = 15
 FILTERS = 4
@@ -142,3 +144,19 @@ def test_the_classification_probe_separates_separable_classes(tmp_path):
     summary = json.loads((tmp_path / "probe" / "linear_probe.json").read_text())
     assert summary["pooled_with_ci"]["auroc"]["value"] > 0.85  # Bayes-optimal: 0.98 (d = 3 on one feature of 8)
     assert (tmp_path / "probe" / "linear_probe.md").read_text().startswith("# Linear probe")
+
+
+@pytest.mark.parametrize("task_type", [CLASSIFICATION, REGRESSION])
+def test_the_fitted_model_as_one_affine_map_of_the_raw_features(task_type: str):
+    """``as_linear_map`` folds the standardisation into the weights: on raw features it gives scikit-learn's own
+    decision function (the log-odds of class 1, or the value)."""
+    rng = np.random.default_rng(0)
+    features = rng.normal(loc=5.0, scale=[0.01, 1.0, 100.0], size=(40, 3))
+    signal = features[:, 0] / 0.01 + features[:, 2] / 100.0
+    targets = (signal > np.median(signal)).astype(int) if task_type == CLASSIFICATION else 3.0 * signal + 40.0
+    model = fit_linear_model(task_type, features, targets, seed=0)
+    linear_map = as_linear_map(task_type, model)
+    expected = model.decision_function(features) if task_type == CLASSIFICATION else model.predict(features)
+    assert np.std(expected) > 0.5
+    np.testing.assert_allclose(features @ linear_map.weight + linear_map.bias, expected, rtol=1e-6, atol=1e-6)
+    assert linear_map.penalty > 0

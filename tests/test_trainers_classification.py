@@ -17,14 +17,20 @@ from case_level_datasets import (
     build_trainer,
     fit_a_handful,
     planned_case_level_dataset,
+    whole_training_cases,
 )
 from learning import (
     HEAD_AND_ENCODER_ENDS,
     head_and_encoder_ends_changed,
     weights_after_pretrained_load,
 )
+from nnunet_ext.dataset_conversion.tasks import CLASSIFICATION
 from nnunet_ext.trainers import FomoClassificationTrainer
+from nnunet_ext.trainers.case_level import LINEAR_PROBE_SEED
+from nnunet_ext.trainers.case_validation import predict_cases
+from nnunet_ext.trainers.classification import positive_probability
 from nnunet_ext.trainers.sampling import wrapped_loader
+from nnunet_ext.utils.linear_models import fit_linear_model
 
 DEBUG_TRAINER = "FomoClassificationTrainer_debug"
 N_CASES = 10
@@ -127,6 +133,23 @@ def test_training_changes_the_head_and_the_encoder(trained_and_loaded: tuple[Pat
 #: (the test checkpoint holds random weights, so this is training from scratch: 30x the fine-tuning rate).
 LEARNING_STEPS, LEARNING_RATE = 40, 3e-3
 N_LEARNING_CASES = 4
+
+
+def test_the_head_starts_as_the_logistic_model_of_the_training_cases(dataset: CaseLevelDataset):
+    """Before the first step the network's log-odds and probability on every training case are the fitted logistic
+    model's (scikit-learn's ``decision_function`` / ``predict_proba`` on the averaged deepest level, computed apart
+    from the head)."""
+    trainer = build_trainer(dataset, FomoClassificationTrainer)
+    trainer.initialize()
+    trainer.on_train_start()
+    cases, volumes, features = whole_training_cases(trainer)
+    labels = np.array([dataset.targets[case] for case in cases])
+    model = fit_linear_model(CLASSIFICATION, features, labels, LINEAR_PROBE_SEED)
+    _, outputs = predict_cases(trainer.network, volumes, torch.device("cpu"))
+    log_odds = model.decision_function(features)
+    assert np.ptp(log_odds) > 1e-3  # the cases differ (on this tiny dataset the chosen penalty is strong)
+    np.testing.assert_allclose((outputs[:, 1] - outputs[:, 0]).double().numpy(), log_odds, rtol=1e-3, atol=1e-5)
+    np.testing.assert_allclose(positive_probability(outputs), model.predict_proba(features)[:, 1], atol=1e-6)
 
 
 def test_classifier_fits_a_handful_of_cases(dataset: CaseLevelDataset):

@@ -12,7 +12,10 @@ import pytest
 import torch
 from batchgeneratorsv2.transforms.spatial.spatial import SpatialTransform
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
+from sklearn.linear_model import RidgeCV
 from sklearn.metrics import mean_absolute_error
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import StandardScaler
 
 from case_level_datasets import (
     PATCH,
@@ -20,6 +23,7 @@ from case_level_datasets import (
     build_trainer,
     fit_a_handful,
     planned_case_level_dataset,
+    whole_training_cases,
 )
 from learning import (
     HEAD_AND_ENCODER_ENDS,
@@ -29,7 +33,9 @@ from learning import (
 )
 from nnunet_ext.trainers import TRAINERS, FomoRegressionTrainer, FomoRegressionTrainer_L1, FomoRegressionTrainer_Rotate
 from nnunet_ext.trainers.regression import NO_ROTATION, STANDARDISER_ATTRIBUTE, predicted_values, standardiser_of
+from nnunet_ext.trainers.case_validation import predict_cases
 from nnunet_ext.trainers.variants import DEMO_EPOCH_VALIDATION_CASES
+from nnunet_ext.utils.linear_models import RIDGE_ALPHAS
 
 DEBUG_TRAINER = "FomoRegressionTrainer_debug"
 N_CASES = 10
@@ -168,6 +174,20 @@ def test_regressor_fits_a_handful_of_cases(dataset: CaseLevelDataset):
     chance = mean_absolute_error(ages, np.full(len(ages), _training_ages(dataset).mean()))
     assert mean_absolute_error(ages, predicted) < LOSS_FALL * chance
     assert np.corrcoef(ages, predicted)[0, 1] > 0
+
+
+def test_the_head_starts_as_ridge_on_the_training_cases_pooled_features(dataset: CaseLevelDataset):
+    """Before the first step the network predicts, on every training case, what scikit-learn's ridge (standardised
+    features, penalty by leave-one-out) fitted on those cases' averaged deepest level predicts in years."""
+    trainer = _trainer(dataset)
+    trainer.on_train_start()
+    cases, volumes, features = whole_training_cases(trainer)
+    ages = np.array([dataset.targets[case] for case in cases])
+    ridge = make_pipeline(StandardScaler(), RidgeCV(alphas=RIDGE_ALPHAS)).fit(features, ages)
+    _, outputs = predict_cases(trainer.network, volumes, torch.device("cpu"))
+    predicted = predicted_values(trainer.network, outputs)
+    assert np.std(ridge.predict(features)) > 1.0  # not the training mean, which a random head would predict
+    np.testing.assert_allclose(predicted, ridge.predict(features), atol=0.05)
 
 
 def test_epoch_validation_on_a_subset_scores_the_same_cases_every_run(dataset: CaseLevelDataset):

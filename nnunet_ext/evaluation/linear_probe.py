@@ -1,9 +1,9 @@
 """``fomo_linear_probe``: what a frozen encoder knows, measured with a linear model on its embeddings.
 
 Reads ``fomo_embed``'s output and fits, fold by fold on the dataset's own subject-grouped folds, ridge regression
-(regression) or L2-regularised logistic regression (classification) on the standardised embeddings; the penalty is
-chosen inside each training part (leave-one-out for ridge, stratified inner folds for the logistic model), so no
-validation case ever chooses it. The out-of-fold predictions are scored with the task metrics and bootstrap CIs.
+(regression) or L2-regularised logistic regression (classification) on the standardised embeddings
+(``utils/linear_models.py``); the penalty is chosen inside each training part, so no validation case ever chooses
+it. The out-of-fold predictions are scored with the task metrics and bootstrap CIs.
 Written: ``linear_probe.json``, ``linear_probe.md`` and ``predictions.csv``.
 """
 
@@ -24,33 +24,12 @@ from nnunet_ext.metrics.aggregate import cross_validation_summary
 from nnunet_ext.metrics.bootstrap import DEFAULT_N_RESAMPLES, DEFAULT_SEED, metrics_with_ci
 from nnunet_ext.utils.arguments import int_at_least
 from nnunet_ext.utils.files import atomic_write_csv, atomic_write_json, atomic_write_text, require_output_folder
-
-#: Ridge penalties tried by leave-one-out within each training part (embeddings are standardised first).
-RIDGE_ALPHAS = np.logspace(-2, 6, 17)
-#: Inverse penalties of the logistic model, tried by inner cross-validation within each training part.
-LOGISTIC_CS = np.logspace(-4, 2, 13)
-#: Inner folds of the logistic model's penalty choice (fewer where a class has fewer training cases).
-INNER_FOLDS = 5
-LOGISTIC_MAX_ITER = 5000
+from nnunet_ext.utils.linear_models import fit_linear_model, predict_linear_model
 
 
 def fit_predict(task_type: str, x_train: np.ndarray, y_train: np.ndarray, x_val: np.ndarray, seed: int) -> np.ndarray:
     """Predictions for ``x_val`` (P(class 1), or the value) of a linear model fitted on the training part."""
-    from sklearn.linear_model import LogisticRegression, RidgeCV
-    from sklearn.model_selection import GridSearchCV, StratifiedKFold
-    from sklearn.pipeline import make_pipeline
-    from sklearn.preprocessing import StandardScaler
-
-    if task_type == CLASSIFICATION:
-        classes, counts = np.unique(y_train.astype(int), return_counts=True)
-        if len(classes) < 2 or counts.min() < 2:
-            raise FomoInputError("a training part holds fewer than 2 cases of a class: too few for a linear probe")
-        inner = StratifiedKFold(min(INNER_FOLDS, int(counts.min())), shuffle=True, random_state=seed)
-        model = GridSearchCV(make_pipeline(StandardScaler(), LogisticRegression(max_iter=LOGISTIC_MAX_ITER)),
-                             {"logisticregression__C": LOGISTIC_CS}, cv=inner, scoring="neg_log_loss")
-        return model.fit(x_train, y_train.astype(int)).predict_proba(x_val)[:, 1]
-    model = make_pipeline(StandardScaler(), RidgeCV(alphas=RIDGE_ALPHAS))
-    return model.fit(x_train, y_train).predict(x_val)
+    return predict_linear_model(task_type, fit_linear_model(task_type, x_train, y_train, seed), x_val)
 
 
 def read_embeddings(folder: Path) -> tuple[dict[str, Any], dict[str, np.ndarray]]:

@@ -37,7 +37,7 @@ from nnunet_ext.networks.unet import DEFAULT_HEAD_POOLING, FomoUNet
 from nnunet_ext.pretrained import fomo_layout, load_fomo_state_dict, resenc_layout, transfer_fomo_weights
 from nnunet_ext.pretrained.key_mapping import DEFAULT_CHANNEL_ADAPTATION, to_fomo_names
 from nnunet_ext.pretrained.resenc_mapping import transfer_resenc_weights
-from nnunet_ext.trainers.case_validation import pad_for_network
+from nnunet_ext.trainers.case_validation import pooled_features_whole_case
 from nnunet_ext.utils.files import atomic_write_bytes, atomic_write_csv, atomic_write_json, require_output_folder
 from nnunet_ext.utils.nnunet_paths import DEFAULT_CONFIGURATION, DEFAULT_PLANS
 
@@ -97,11 +97,7 @@ def embed_volume(network: EncoderWithTop, volume: np.ndarray, device: torch.devi
     every channel at once through an encoder with the case's channels."""
     data = torch.from_numpy(np.asarray(volume, dtype=np.float32))
     parts = [data[c:c + 1] for c in range(data.shape[0])] if network.input_channels == 1 else [data]
-    features = []
-    for part in parts:
-        batch = pad_for_network(network, part.to(device))[None]
-        with torch.autocast(device.type, enabled=device.type == "cuda"):
-            features.append(network.head.pooled_features(network.encoder(batch))[0].float().cpu())
+    features = [pooled_features_whole_case(network, part.to(device)).cpu() for part in parts]
     return torch.cat(features).numpy().astype(np.float32)
 
 

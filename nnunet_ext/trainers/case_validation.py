@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import itertools
 from pathlib import Path
-from typing import Dict, List, Mapping, Optional, Sequence, Tuple, Union
+from typing import Dict, Iterator, List, Mapping, Optional, Sequence, Tuple, Union
 
 import matplotlib
 import numpy as np
@@ -65,6 +65,15 @@ def forward_whole_case(network: torch.nn.Module, volume: torch.Tensor,
     return torch.stack(outputs).mean(0)[0].float()
 
 
+@torch.no_grad()
+def pooled_features_whole_case(network: torch.nn.Module, volume: torch.Tensor) -> torch.Tensor:
+    """What the pooling head's linear layer reads for one whole volume ``[C, *spatial]`` (on the network's device):
+    its pooled encoder features ``[features]`` (float32; mixed precision on CUDA, as in validation)."""
+    batch = pad_for_network(network, volume)[None]
+    with torch.autocast(volume.device.type, enabled=volume.device.type == "cuda"):
+        return network.head.pooled_features(network.encoder(batch))[0].float()
+
+
 def pad_for_network(network: torch.nn.Module, volume: torch.Tensor) -> torch.Tensor:
     """``volume`` padded for a network of ``n_stages`` levels (FOMO's networks say how many; 6 for the FOMO26 / nnssl
     residual encoder): to a multiple of its downsampling, and to at least two bottleneck voxels per axis, which
@@ -76,11 +85,17 @@ def pad_for_network(network: torch.nn.Module, volume: torch.Tensor) -> torch.Ten
     return pad_to_multiple(volume, multiple, minimum=2 * multiple)
 
 
+def iter_volumes(dataset) -> Iterator[Tuple[str, np.ndarray]]:
+    """``(case id, float32 array [C, *spatial])`` for every case of an nnU-Net dataset, in its sorted order, one
+    at a time."""
+    for case in dataset.identifiers:
+        yield case, np.asarray(dataset.load_case(case)[0][:], dtype=np.float32)
+
+
 def load_volumes(dataset) -> Dict[str, np.ndarray]:
-    """Every case of an nnU-Net dataset as a float32 array ``[C, *spatial]``, by case id in the dataset's sorted
-    order: read and decompressed once, where the per-epoch validation would otherwise re-read every case from disk
-    in every epoch while the GPU waits."""
-    return {case: np.asarray(dataset.load_case(case)[0][:], dtype=np.float32) for case in dataset.identifiers}
+    """Every case of an nnU-Net dataset (:func:`iter_volumes`) in memory: read and decompressed once, where the
+    per-epoch validation would otherwise re-read every case from disk in every epoch while the GPU waits."""
+    return dict(iter_volumes(dataset))
 
 
 def predict_cases(network: torch.nn.Module, volumes: Mapping[str, np.ndarray], device: torch.device,

@@ -19,6 +19,7 @@ from batchgeneratorsv2.transforms.utils.compose import ComposeTransforms
 from nnunet_ext.trainers.augmentation import with_modality_dropout
 from nnunet_ext.trainers.case_level import FomoCaseLevelTrainer
 from nnunet_ext.trainers.sampling import class_balanced_probabilities, set_sampling_probabilities, wrapped_loader
+from nnunet_ext.utils.linear_models import LinearMap
 
 #: Label smoothing of the cross-entropy: with 21 training cases the network can memorise every label within a
 #: few epochs; smoothed targets keep its logits bounded and its probabilities less overconfident.
@@ -69,6 +70,18 @@ class FomoClassificationTrainer(FomoCaseLevelTrainer):
 
     def decode_outputs(self, outputs: torch.Tensor) -> np.ndarray:
         return positive_probability(outputs)
+
+    def linear_probe_targets(self, case_ids: list[str]) -> np.ndarray:
+        return self.case_targets.lookup(case_ids)
+
+    def head_parameters(self, linear_map: LinearMap) -> tuple[torch.Tensor, torch.Tensor]:
+        """Logits ``-z/2`` and ``+z/2`` for the log-odds ``z`` of the positive class: their softmax is the
+        logistic model's probability."""
+        weight = torch.from_numpy(linear_map.weight).float() / 2
+        bias = torch.tensor(linear_map.bias).float() / 2
+        signs = torch.full((2,), -1.0)
+        signs[POSITIVE_CLASS] = 1.0
+        return signs[:, None] * weight[None], signs * bias
 
     def task_metrics(self, targets: np.ndarray, predictions: np.ndarray) -> dict[str, Any]:
         return classification_metrics(targets, predictions)

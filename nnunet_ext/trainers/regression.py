@@ -47,6 +47,7 @@ from nnunet_ext.preprocessing.fomo_plans import FomoPlansBlock
 from nnunet_ext.trainers.base import FINETUNE_LR, unwrap_network
 from nnunet_ext.trainers.case_level import FomoCaseLevelTrainer, MirrorAllAxes
 from nnunet_ext.trainers.targets import TargetStandardiser
+from nnunet_ext.utils.linear_models import LinearMap
 
 #: Attribute of the network holding its target coding (:class:`TargetStandardiser` or :class:`SoftLabelDecoder`;
 #: its buffers appear in the state dict under this prefix).
@@ -241,6 +242,10 @@ class FomoRegressionTrainer(FomoCaseLevelTrainer):
 
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
                  device: torch.device = torch.device("cuda")):
+        if self.head_from_linear_probe and self.starts_from_pretrained and (
+                self.soft_label or self.standardised_head_features):
+            raise TypeError(f"{type(self).__name__}: a head started from a linear probe needs one output reading the "
+                            "raw pooled features (soft_label and standardised_head_features off)")
         super().__init__(plans, configuration, fold, dataset_json, device)
         self.initial_lr = FINETUNE_LR if self.starts_from_pretrained else self.scratch_learning_rate
 
@@ -298,22 +303,28 @@ class FomoRegressionTrainer(FomoCaseLevelTrainer):
     def _build_loss(self) -> nn.Module:
         return SoftLabelKLLoss() if self.soft_label else nn.L1Loss()
 
-    def on_train_start(self) -> None:
-        """Fit the target statistics on this fold's training cases, unless ``--c`` restored a trained network."""
-        super().on_train_start()
-        if self.current_epoch == 0:
-            train_keys, _ = self.do_split()
-            coding = standardiser_of(self.network)
-            values = self.case_targets.lookup(train_keys)
-            if isinstance(coding, SoftLabelDecoder):
-                coding.check_covered(values)
-            coding.fit(values)
-            if isinstance(coding, SoftLabelDecoder):
-                with torch.no_grad():
-                    unwrap_network(self.network).head.linear.bias.copy_(coding.prior_logits())
-            self.print_to_log_file(f"Target statistics of the {len(train_keys)} training cases: "
-                                   f"mean {coding.mean.item():.3f}, std {coding.std.item():.3f} "
-                                   f"({type(coding).__name__})")
+    def fit_target_coding(self) -> None:
+        """Fit the target statistics on this fold's training cases."""
+        train_keys, _ = self.do_split()
+        coding = standardiser_of(self.network)
+        values = self.case_targets.lookup(train_keys)
+        if isinstance(coding, SoftLabelDecoder):
+            coding.check_covered(values)
+        coding.fit(values)
+        if isinstance(coding, SoftLabelDecoder):
+            with torch.no_grad():
+                unwrap_network(self.network).head.linear.bias.copy_(coding.prior_logits())
+        self.print_to_log_file(f"Target statistics of the {len(train_keys)} training cases: "
+                               f"mean {coding.mean.item():.3f}, std {coding.std.item():.3f} "
+                               f"({type(coding).__name__})")
+
+    def linear_probe_targets(self, case_ids: list[str]) -> np.ndarray:
+        """The standardised targets: the head's one output."""
+        values = torch.from_numpy(self.case_targets.lookup(case_ids)).float()[:, None]
+        return standardiser_of(self.network).standardise(values.to(self.device))[:, 0].cpu().double().numpy()
+
+    def head_parameters(self, linear_map: LinearMap) -> tuple[torch.Tensor, torch.Tensor]:
+        return torch.from_numpy(linear_map.weight)[None].float(), torch.tensor([linear_map.bias]).float()
 
     def encode_targets(self, case_ids: list[str]) -> torch.Tensor:
         """The loss's targets: standardised values ``[B, 1]`` or soft labels ``[B, n_bins]``."""
@@ -334,9 +345,11 @@ class FomoRegressionTrainer(FomoCaseLevelTrainer):
 
 
 class FomoRegressionTrainer_SoftLabel(FomoRegressionTrainer):
-    """Soft-label bins, KL loss, expected value (SFCN's recipe), whatever the default is."""
+    """Soft-label bins, KL loss, expected value (SFCN's recipe), whatever the default is; the head starts as the
+    training mean's prior (a linear probe predicts one value, not a distribution over the bins)."""
 
     soft_label: ClassVar[bool] = True
+    head_from_linear_probe: ClassVar[bool] = False
 
 
 class FomoRegressionTrainer_L1(FomoRegressionTrainer):
