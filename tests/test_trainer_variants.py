@@ -195,3 +195,13 @@ def test_early_stopping_ends_training_with_the_usual_checkpoints(results: Path, 
     assert torch.load(fold / "checkpoint_best.pth", weights_only=False)["current_epoch"] == 1  # epoch 0
     assert "Early stopping before epoch 3" in "".join(p.read_text() for p in fold.glob("training_log_*.txt"))
     assert json.loads((fold / TRANSFER_REPORT_FILENAME).read_text())["complete"]
+
+
+def test_the_heads_start_from_a_probe_when_fine_tuning_only():
+    """A pretrained run of a case-level family starts its head from a linear probe; the demo's variants (from-scratch
+    rates) and the soft-label coding (no single output) keep their usual start."""
+    for family in ("FomoClassificationTrainer", "FomoRegressionTrainer"):
+        assert trainers.TRAINERS[family].head_from_linear_probe
+        assert trainers.TRAINERS[f"{family}_FrozenEncoder"].head_from_linear_probe
+        assert not trainers.TRAINERS[f"{family}_cpuDemo"].head_from_linear_probe
+    assert not trainers.TRAINERS["FomoRegressionTrainer_SoftLabel"].head_from_linear_probe

@@ -29,7 +29,8 @@ is trained and validated against:
   fine-tuning, "LP-FT", Kumar et al., ICLR 2022). It costs one forward pass per training case. ``_Scratch`` runs
   keep the random head: a probe of a random encoder carries little over, and since pooled features differ by
   only a few percent between cases its weights are large, which made training at the scratch rate swing (IXI
-  brain age: validation MAEs of single folds up to 41 years after an epoch, against 15 for the training mean).
+  brain age: validation MAEs of single folds up to 41 years after an epoch, against 15 for the training mean);
+  so do the ``_cpuDemo`` variants, which train at from-scratch rates (``trainers/variants.py``).
 - **Validation.** Every epoch, each validation case's whole preprocessed volume (read from disk once, at the
   start of training, and kept in memory) goes through the network (``case_validation``); the loss and the task
   metric (:attr:`task_metric`) on those predictions are logged in nnU-Net's logger (and so in wandb when
