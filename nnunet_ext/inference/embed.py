@@ -91,7 +91,6 @@ def _head_options(pool_levels: Sequence[int] | None, pooling: str) -> dict[str, 
     return {"head_pooling": pooling, **({} if pool_levels is None else {"head_pool_levels": tuple(pool_levels)})}
 
 
-@torch.no_grad()
 def embed_volume(network: EncoderWithTop, volume: np.ndarray, device: torch.device) -> np.ndarray:
     """The embedding of one case [C, X, Y, Z]: each channel alone through a 1-channel encoder (concatenated), or
     every channel at once through an encoder with the case's channels."""
