@@ -15,7 +15,8 @@ cd "$(dirname "$0")/.."
 device=cuda
 out=gpu_pretraining_output
 options=(--spacing 1 --starting-filters 32 --sources pool_ixi --folds 0 --no-probes
-         --pretrain-patch-size 96 96 96 --pretrain-epochs 10 --pretrain-iterations 60 --epochs 6 --iterations 40)
+         --pretrain-patch-size 96 96 96 --pretrain-epochs 10 --pretrain-iterations 60 --epochs 6 --iterations 40
+         --finetune-trainers FomoRegressionTrainer)
 while [[ $# -gt 0 ]]; do
     case "$1" in
         --device) device="$2"; shift 2 ;;

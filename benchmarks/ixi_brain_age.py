@@ -183,6 +183,10 @@ class BenchmarkSettings:
     extra: Dict[str, Any] = field(default_factory=dict)
     #: The trainer of a run from ``pretrained`` (a variant of the regression trainer).
     pretrained_trainer: str = PRETRAINED_TRAINER
+    #: The head's pooled encoder levels and pooling (``fomo_plan_and_preprocess --head-pool-levels / --head-pooling``);
+    #: None: the plans' defaults.
+    head_pool_levels: Optional[Tuple[int, ...]] = None
+    head_pooling: Optional[str] = None
 
     @property
     def trainer(self) -> str:
@@ -294,7 +298,9 @@ def convert_and_plan(settings: BenchmarkSettings) -> str:
     spacing = tuple(settings.spacing) * (3 if len(settings.spacing) == 1 else 1)
     patch = settings.patch_size or whole_head_patch(dataset, spacing)
     plan = FomoPlanSettings(spacing=spacing, patch_size=patch, starting_filters=settings.starting_filters,
-                            pretrained=settings.pretrained)
+                            pretrained=settings.pretrained, head_pool_levels=settings.head_pool_levels)
+    if settings.head_pooling is not None:
+        plan = replace(plan, head_pooling=settings.head_pooling)
     if settings.pretrained is not None:
         filters, decoder = checkpoint_layout(settings.pretrained)
         plan = replace(plan, starting_filters=filters, decoder_layout=decoder)
@@ -540,6 +546,18 @@ def run_benchmark(settings: BenchmarkSettings) -> Dict[str, Any]:
     return report
 
 
+def add_head_arguments(parser: argparse.ArgumentParser, levels: Optional[Tuple[int, ...]] = None,
+                       pooling: Optional[str] = None) -> None:
+    """``--head-pool-levels`` and ``--head-pooling``, passed to the plans as ``fomo_plan_and_preprocess`` takes them
+    (defaults None: the plans' own, the bottleneck's average)."""
+    from nnunet_ext.networks.heads import POOLINGS
+
+    parser.add_argument("--head-pool-levels", type=int, nargs="+", metavar="LEVEL", default=levels,
+                        help="encoder levels the regression head pools (default: %(default)s; None: the bottleneck)")
+    parser.add_argument("--head-pooling", choices=POOLINGS, default=pooling,
+                        help="global pooling of each pooled level (default: %(default)s; None: avg)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -572,6 +590,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="peak learning rate (default: the trainer's recipe)")
     parser.add_argument("--folds", type=int, nargs="+", default=list(range(N_FOLDS)), choices=range(N_FOLDS),
                         help="folds to train (the pooled metrics use these folds' validation cases)")
+    add_head_arguments(parser)
     parser.add_argument("--subjects", type=int, help="use only the first N subjects (default: all)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the folds and the bootstrap (default: 0)")
     parser.add_argument("--n-bootstrap", type=int, default=DEFAULT_BOOTSTRAP,
@@ -581,6 +600,10 @@ def build_parser() -> argparse.ArgumentParser:
                         help=f"smoke run of about 1.5 minutes: {QUICK_SUBJECTS} subjects at {QUICK_SPACING_MM} mm, "
                              f"{QUICK_EPOCHS} epochs of a few steps per fold; its numbers mean nothing")
     return parser
+
+
+def head_pool_levels(args: argparse.Namespace) -> Optional[Tuple[int, ...]]:
+    return tuple(args.head_pool_levels) if args.head_pool_levels else None
 
 
 def settings_from_args(args: argparse.Namespace) -> BenchmarkSettings:
@@ -609,7 +632,8 @@ def settings_from_args(args: argparse.Namespace) -> BenchmarkSettings:
                              pretrained=None if args.pretrained is None else args.pretrained.resolve(),
                              schedule=schedule, folds=tuple(args.folds), subjects=subjects, seed=args.seed,
                              n_bootstrap=n_bootstrap, device=args.device, budget_minutes=budget,
-                             extra={"quick": args.quick})
+                             extra={"quick": args.quick}, head_pool_levels=head_pool_levels(args),
+                             head_pooling=args.head_pooling)
 
 
 @cli_entry

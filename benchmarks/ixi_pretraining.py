@@ -3,11 +3,11 @@
 1. **Pretraining**, once per source: the 76 unlabelled T1 scans of ``../shared/data/unlabelled_mri`` (other
    scanners and studies: a small FOMO60K) alone (``pool``: no IXI image, a clean transfer), and together with the
    109 IXI images, never their ages (``pool_ixi``: transductive for images). Each goes through the commands' own
-   functions: ``fomo_convert --task pretrain`` -> ``fomo_plan_and_preprocess`` -> ``FomoPretrainTrainer`` (fold
-   ``all``, a fixed number of steps: the stated CPU budget) -> ``fomo_export_pretrained``.
+   functions: ``fomo_convert --task pretrain`` -> ``fomo_plan_and_preprocess`` -> ``FomoPretrainTrainer`` (or
+   ``--pretrain-trainer``; fold ``all``, a fixed number of steps: the stated CPU budget) -> ``fomo_export_pretrained``.
 2. **Fine-tuning**: ``ixi_brain_age.py``'s five folds at one fixed schedule from each checkpoint
-   (``FomoRegressionTrainer``) and from random weights (``FomoRegressionTrainer_Scratch``): equal steps, equal
-   subjects, equal folds.
+   (``FomoRegressionTrainer`` and ``_FrozenEncoder``) and from random weights (``FomoRegressionTrainer_Scratch``):
+   equal steps, equal subjects, equal folds, one head (``--head-pool-levels``, ``--head-pooling``).
 3. **Linear probes** (``fomo_embed`` + ``fomo_linear_probe``: ridge on the frozen encoder's pooled features, the same
    folds) of every checkpoint and of a random encoder of the same width.
 4. **Report**: pooled out-of-fold MAE and Pearson r with bootstrap 95% CIs per arm beside ridge on voxels and the
@@ -53,18 +53,27 @@ SOURCES = {SOURCE_POOL: "unlabelled pool alone (no IXI image)",
            SOURCE_POOL_IXI: "unlabelled pool + IXI images (never ages): transductive for images"}
 POOL_DATASET_IDS = {SOURCE_POOL: 741, SOURCE_POOL_IXI: 742}
 PRETRAIN_TRAINER = "FomoPretrainTrainer"
+#: Pretraining losses: the baseline's reconstruction of the whole volume (the default), or of the masked cubes only
+#: (four runs of it probed IXI at 9.93-13.00 years with the bottleneck's average, one whole-volume run at 11.48).
+PRETRAIN_TRAINERS = (PRETRAIN_TRAINER, f"{PRETRAIN_TRAINER}_MaskedOnly")
 SCRATCH = "scratch"
 #: Trainers that may fine-tune the pretrained checkpoints: everything trains, or the encoder stays as pretrained
 #: (the head alone trains, from the linear probe every case-level trainer starts from).
 FINETUNE_TRAINERS = (ixi.PRETRAINED_TRAINER, f"{ixi.PRETRAINED_TRAINER}_FrozenEncoder", f"{ixi.PRETRAINED_TRAINER}_LLRD")
+#: Both ways of fine-tuning by default: everything, and the head alone on the encoder as pretrained.
+DEFAULT_FINETUNE_TRAINERS = FINETUNE_TRAINERS[:2]
 RANDOM_ENCODER = "random"
 
 #: CPU defaults: 4 mm (the spacing at which the CPU scratch benchmark did best per minute: MAE 12.49 in 16
-#: minutes), 8 starting filters, whole-head patches.
+#: minutes), 8 starting filters, whole-head patches, 500 pretraining and 100 fine-tuning steps per fold (the
+#: measured run of benchmarks/README.md: about 16 minutes for one source on 2 cores).
 DEFAULT_SPACING_MM = 4.0
 DEFAULT_STARTING_FILTERS = 8
-DEFAULT_PRETRAIN_EPOCHS, DEFAULT_PRETRAIN_ITERATIONS = 20, 50
-DEFAULT_EPOCHS, DEFAULT_ITERATIONS = 6, 40
+DEFAULT_PRETRAIN_EPOCHS, DEFAULT_PRETRAIN_ITERATIONS = 10, 50
+DEFAULT_EPOCHS, DEFAULT_ITERATIONS = 4, 25
+#: The head of every arm and probe: average and maximum of encoder levels 1-4, the demo's Task 3 head (chosen on
+#: synthetic data; brain age is an amount spread over the brain, which one bottleneck average barely holds).
+IXI_HEAD_POOL_LEVELS, IXI_HEAD_POOLING = (1, 2, 3, 4), "avgmax"
 #: --quick: the machinery only (a few subjects, a few steps, 2 folds).
 QUICK_SUBJECTS, QUICK_POOL_SUBJECTS = 12, 8
 QUICK_PRETRAIN_EPOCHS, QUICK_PRETRAIN_ITERATIONS = 2, 2
@@ -100,6 +109,11 @@ class Settings:
     reuse_checkpoints: Optional[Path] = None
     #: The trainers fine-tuning each pretrained checkpoint, one arm each (scratch: ``ixi_brain_age.SCRATCH_TRAINER``).
     finetune_trainers: tuple = (ixi.PRETRAINED_TRAINER,)
+    #: The pretraining trainer (its loss) of every source.
+    pretrain_trainer: str = PRETRAIN_TRAINER
+    #: The head's pooling in fine-tuning, and the probes' (None: the plans' defaults).
+    head_pool_levels: Optional[tuple] = None
+    head_pooling: Optional[str] = None
 
 
 # -- stages, each in its own process ------------------------------------------------------------------------
@@ -165,7 +179,7 @@ def pretrain(settings: Settings, source: str, images: Path, nnunet_root: Path, c
     fomo_plan_and_preprocess(dataset_id, FomoPlanSettings(spacing=spacing, patch_size=patch,
                                                           starting_filters=settings.starting_filters), num_processes=1)
     schedule = ixi.Schedule(settings.pretrain_epochs, settings.pretrain_iterations)
-    fold_folder, _ = ixi.train_fold(PRETRAIN_TRAINER, "all", schedule, settings.device, dataset_id)
+    fold_folder, _ = ixi.train_fold(settings.pretrain_trainer, "all", schedule, settings.device, dataset_id)
     export_pretrained(fold_folder / "checkpoint_final.pth", checkpoint)
 
 
@@ -183,7 +197,7 @@ def finetune(settings: Settings, arm_out: Path, checkpoint: Optional[Path],
         starting_filters=None if checkpoint else settings.starting_filters, patch_size=None, pretrained=checkpoint,
         schedule=ixi.Schedule(settings.epochs, settings.iterations), folds=settings.folds,
         subjects=settings.subjects, seed=settings.seed, n_bootstrap=settings.n_bootstrap, device=settings.device,
-        pretrained_trainer=trainer))
+        pretrained_trainer=trainer, head_pool_levels=settings.head_pool_levels, head_pooling=settings.head_pooling))
 
 
 def probe(settings: Settings, nnunet_root: Path, checkpoint: Optional[Path], out: Path) -> None:
@@ -196,7 +210,8 @@ def probe(settings: Settings, nnunet_root: Path, checkpoint: Optional[Path], out
     from nnunet_ext.utils.files import atomic_write_json
 
     embed_dataset(str(ixi.DATASET_ID), out / "embeddings", checkpoint,
-                  None if checkpoint else settings.starting_filters, DEFAULT_HEAD_POOL_LEVELS, DEFAULT_HEAD_POOLING,
+                  None if checkpoint else settings.starting_filters,
+                  settings.head_pool_levels or DEFAULT_HEAD_POOL_LEVELS, settings.head_pooling or DEFAULT_HEAD_POOLING,
                   torch.device(settings.device))
     summary, records = linear_probe(*read_embeddings(out / "embeddings"), seed=settings.seed,
                                     n_resamples=settings.n_bootstrap)
@@ -238,8 +253,10 @@ def compare(arms: Dict[str, Path], probes: Dict[str, Path], seed: int, n_bootstr
     each pretrained encoder's probe against the random encoder's."""
     reports = {arm: json.loads((folder / f"{ixi.RESULT_STEM}.json").read_text()) for arm, folder in arms.items()}
     rows = {f"fine-tuned, {arm}": reports[arm]["results"][ixi.MODEL_CNN]["pooled"] for arm in arms}
-    rows.update({f"linear probe, {encoder} encoder": json.loads((folder / "linear_probe.json").read_text())
-                 ["summary"]["pooled_with_ci"] for encoder, folder in probes.items()})
+    probe_summaries = {encoder: json.loads((folder / "linear_probe.json").read_text())["summary"]
+                       for encoder, folder in probes.items()}
+    rows.update({f"linear probe, {encoder} encoder": summary["pooled_with_ci"]
+                 for encoder, summary in probe_summaries.items()})
     for baseline in (ixi.MODEL_RIDGE, ixi.MODEL_MEAN):
         rows[baseline] = reports[SCRATCH]["results"][baseline]["pooled"]
     scratch = reports[SCRATCH]["predictions"][ixi.MODEL_CNN]
@@ -251,7 +268,9 @@ def compare(arms: Dict[str, Path], probes: Dict[str, Path], seed: int, n_bootstr
         paired.update({f"linear probe, {encoder} - random encoder": paired_difference(
             probe_predictions(folder), random_probe, seed, n_bootstrap)
             for encoder, folder in probes.items() if encoder != RANDOM_ENCODER})
-    return {"rows": rows, "paired_mae_difference": paired}
+    spread = {encoder: summary["feature_spread"] for encoder, summary in probe_summaries.items()
+              if "feature_spread" in summary}  # probes written before fomo_linear_probe reported it have none
+    return {"rows": rows, "paired_mae_difference": paired, "feature_spread": spread}
 
 
 def interval(entry: Dict[str, float]) -> str:
@@ -263,7 +282,10 @@ def markdown(report: Dict[str, Any]) -> str:
     lines = ["# IXI brain age: pretrained against scratch", "",
              f"{s['spacing']:g} mm, {s['starting_filters']} starting filters; "
              + (f"checkpoints of an earlier run ({s['reuse_checkpoints']})" if s.get("reuse_checkpoints") else
-                f"pretraining {s['pretrain_epochs']} x {s['pretrain_iterations']} steps per source")
+                f"pretraining ({s.get('pretrain_trainer', PRETRAIN_TRAINER)}) {s['pretrain_epochs']} x "
+                f"{s['pretrain_iterations']} steps per source")
+             + (f"; the head pools levels {s['head_pool_levels']} by {s.get('head_pooling') or 'avg'} (fine-tuning and "
+                "probes)" if s.get("head_pool_levels") else "")
              + f"; fine-tuning {s['epochs']} x {s['iterations']} steps per fold (from a checkpoint: "
              f"{', '.join(s.get('finetune_trainers', [ixi.PRETRAINED_TRAINER]))}; from scratch: {ixi.SCRATCH_TRAINER}), "
              f"folds {s['folds']}; pooled out-of-fold, bootstrap 95% CIs; ages in years.", "",
@@ -275,6 +297,11 @@ def markdown(report: Dict[str, Any]) -> str:
               "| comparison | MAE difference [95% CI] | CI excludes 0 |", "|---|---|---|"]
     for name, d in report["comparison"]["paired_mae_difference"].items():
         lines.append(f"| {name} | {interval(d)} | {'yes' if d['ci_excludes_zero'] else 'no'} |")
+    spread = report["comparison"].get("feature_spread")
+    if spread:
+        lines += ["", "Spread of each probed encoder's pooled features between subjects (median standard deviation; "
+                      "a head learns slowly from features that barely vary): "
+                  + ", ".join(f"{encoder} {v['median_std_between_cases']:.3g}" for encoder, v in spread.items()) + "."]
     minutes = ", ".join(f"{k} {v:.1f}" for k, v in report["minutes"].items())
     lines += ["", f"Minutes: {minutes}."]
     return "\n".join(lines) + "\n"
@@ -358,7 +385,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--finetune-from", nargs="+", choices=sorted(SOURCES),
                         help="the pretrained sources to fine-tune from (default: every one of --sources; each is "
                              "linear-probed either way)")
-    parser.add_argument("--finetune-trainers", nargs="+", choices=FINETUNE_TRAINERS, default=[ixi.PRETRAINED_TRAINER],
+    parser.add_argument("--finetune-trainers", nargs="+", choices=FINETUNE_TRAINERS,
+                        default=list(DEFAULT_FINETUNE_TRAINERS),
                         help="the trainers fine-tuning each checkpoint, an arm each (default: %(default)s; from "
                              f"scratch: {ixi.SCRATCH_TRAINER})")
     parser.add_argument("--spacing", type=float, default=DEFAULT_SPACING_MM,
@@ -368,6 +396,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="network width of every arm (default: %(default)s; the real UNet-B has 32)")
     parser.add_argument("--pretrain-patch-size", type=int, nargs=3, metavar=("X", "Y", "Z"),
                         help="pretraining patch in voxels (multiples of 16; default: the whole head, as fine-tuning)")
+    parser.add_argument("--pretrain-trainer", choices=PRETRAIN_TRAINERS, default=PRETRAIN_TRAINER,
+                        help="pretraining trainer: the baseline's whole-volume reconstruction loss, or the masked "
+                             "cubes only (default: %(default)s)")
     parser.add_argument("--pretrain-epochs", type=int, default=DEFAULT_PRETRAIN_EPOCHS,
                         help="pretraining epochs per source (default: %(default)s)")
     parser.add_argument("--pretrain-iterations", type=int, default=DEFAULT_PRETRAIN_ITERATIONS,
@@ -378,6 +409,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="fine-tuning steps per epoch, every arm (default: %(default)s)")
     parser.add_argument("--folds", type=int, nargs="+", default=list(range(ixi.N_FOLDS)), choices=range(ixi.N_FOLDS),
                         help="folds to fine-tune (default: all five)")
+    ixi.add_head_arguments(parser, IXI_HEAD_POOL_LEVELS, IXI_HEAD_POOLING)
     parser.add_argument("--reuse-checkpoints", type=Path, metavar="DIR",
                         help="skip pretraining: fine-tune and probe DIR/<source>.ckpt of an earlier run (its "
                              "checkpoints/ folder, copied out of --out, which a run replaces)")
@@ -418,7 +450,9 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
                         pool_subjects=None, seed=args.seed, n_bootstrap=args.n_bootstrap, device=args.device,
                         probes=not args.no_probes,
                         reuse_checkpoints=args.reuse_checkpoints.resolve() if args.reuse_checkpoints else None,
-                        finetune_trainers=tuple(dict.fromkeys(args.finetune_trainers)))
+                        finetune_trainers=tuple(dict.fromkeys(args.finetune_trainers)),
+                        pretrain_trainer=args.pretrain_trainer, head_pool_levels=ixi.head_pool_levels(args),
+                        head_pooling=args.head_pooling)
     if args.quick:
         settings = replace(settings, spacing=ixi.QUICK_SPACING_MM, pretrain_patch_size=None,
                            pretrain_epochs=QUICK_PRETRAIN_EPOCHS,

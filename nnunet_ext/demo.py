@@ -23,6 +23,7 @@ import json
 import os
 import random
 import shutil
+import signal
 import sys
 import time
 import traceback
@@ -31,7 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Dict, Iterator, List, Optional, Sequence, TextIO, Tuple
 
-from nnunet_ext.errors import FomoInputError, cli_entry
+from nnunet_ext.errors import FomoInputError, Terminated, cli_entry
 from nnunet_ext.utils.files import require_output_folder
 
 #: nnU-Net dataset ids of the demo datasets, one per FOMO task (9xx: out of the way of real datasets).
@@ -210,6 +211,8 @@ def run_step(console: Console, title: str, log: Path, action: Callable[[], None]
         with output_to(log):
             try:
                 action()
+            except Terminated:
+                raise  # SIGTERM ends the demo as Ctrl-C does (cli_entry's exit status), not as a failed step
             except SystemExit as e:
                 if e.code not in (0, None):
                     raise StepFailed(f"exit status {e.code}") from None
@@ -282,9 +285,26 @@ _fold_progress = None  # a queue: one item per finished epoch, for the progress 
 _folds_running = None  # a shared counter: how many folds are training right now
 
 
-def _init_fold_worker(progress, running) -> None:
+def _init_fold_worker(progress, running, pids) -> None:
     global _fold_progress, _folds_running
     _fold_progress, _folds_running = progress, running
+    pids.put(os.getpid())  # so that train_folds can end this worker (ProcessPoolExecutor keeps its processes private)
+
+
+def _end_fold_workers(pids) -> None:
+    """SIGTERM every fold worker that reported its process id to ``pids`` (spawned interpreters: SIGTERM's default
+    action ends them at once)."""
+    from queue import Empty
+
+    while True:
+        try:
+            pid = pids.get_nowait()
+        except Empty:
+            return
+        try:
+            os.kill(pid, signal.SIGTERM)
+        except ProcessLookupError:  # that worker has already ended
+            pass
 
 
 def _share_cores() -> None:
@@ -371,23 +391,28 @@ def train_folds(console: Console, dataset_id: int, trainer_name: str, settings: 
         print(f"{len(folds)} folds in {workers} processes; each fold's log: "
               + ", ".join(str(path) for path in fold_logs.values()), flush=True)
         context = multiprocessing.get_context("spawn")  # nnU-Net's own choice; fork would copy this process's threads
-        progress, running = context.Queue(), context.Value("i", 0)
+        progress, running, pids = context.Queue(), context.Value("i", 0), context.Queue()
         try:
             with ProcessPoolExecutor(workers, mp_context=context, initializer=_init_fold_worker,
-                                     initargs=(progress, running)) as pool:
-                pending = {pool.submit(_train_fold, dataset_id, trainer_name, fold, settings.seed, commands[fold],
-                                       fold_logs[fold]): fold for fold in folds}
-                while pending:
-                    done, _ = wait(pending, timeout=FOLD_POLL_S, return_when=FIRST_COMPLETED)
-                    _count_epochs(progress, bar)
-                    for future in done:
-                        fold = pending.pop(future)
-                        if future.exception() is not None:
-                            for pending_future in pending:
-                                pending_future.cancel()
-                            tail = fold_logs[fold].read_text(errors="replace").splitlines()[-FAILED_LOG_TAIL:]
-                            print("\n".join(tail), flush=True)
-                            raise RuntimeError(f"fold {fold} failed; its log: {fold_logs[fold]}") from None
+                                     initargs=(progress, running, pids)) as pool:
+                try:
+                    pending = {pool.submit(_train_fold, dataset_id, trainer_name, fold, settings.seed,
+                                           commands[fold], fold_logs[fold]): fold for fold in folds}
+                    while pending:
+                        done, _ = wait(pending, timeout=FOLD_POLL_S, return_when=FIRST_COMPLETED)
+                        _count_epochs(progress, bar)
+                        for future in done:
+                            fold = pending.pop(future)
+                            if future.exception() is not None:
+                                tail = fold_logs[fold].read_text(errors="replace").splitlines()[-FAILED_LOG_TAIL:]
+                                print("\n".join(tail), flush=True)
+                                raise RuntimeError(f"fold {fold} failed; its log: {fold_logs[fold]}") from None
+                except BaseException:
+                    # A failed fold, Ctrl-C or SIGTERM: end the other folds now. The pool's own exit would wait for
+                    # the running folds to train to their end, and then train the queued ones.
+                    pool.shutdown(wait=False, cancel_futures=True)
+                    _end_fold_workers(pids)
+                    raise
             bar.update(bar.total - bar.n)  # early stopping skips epochs
         finally:
             bar.close()  # before run_step prints the step's line, which the bar would otherwise share

@@ -1,8 +1,13 @@
-"""``fomo_demo``'s training step: a failing fold shows where its log is and how it ended (the folds training side
-by side, each with its own log, are checked by the tiny demo of ``test_demo_smoke.py``)."""
+"""``fomo_demo``'s training step: a failing fold shows where its log is and how it ended, and SIGTERM ends the folds
+training side by side at once (their results are checked by the tiny demo of ``test_demo_smoke.py``)."""
 
 from __future__ import annotations
 
+import os
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -11,7 +16,25 @@ from case_level_datasets import planned_case_level_dataset
 from nnunet_ext import demo
 
 DEBUG_TRAINER = "FomoClassificationTrainer_debug"
+#: nnU-Net's 1000 epochs: a fold that would train for many minutes unless it is ended.
+LONG_TRAINER = "FomoClassificationTrainer_Scratch"
 N_CASES = 10
+#: Seconds for the folds to start, and for the command and its fold workers to end after SIGTERM.
+START_TIMEOUT_S, END_TIMEOUT_S = 60, 15
+#: Two folds training side by side under the commands' SIGTERM guard, as fomo_demo runs them.
+TRAIN_TWO_FOLDS = """
+import sys
+from pathlib import Path
+from nnunet_ext import demo
+from nnunet_ext.errors import Terminated, terminate_gracefully
+root, dataset_id, trainer = Path(sys.argv[1]), int(sys.argv[2]), sys.argv[3]
+settings = demo.DemoSettings(out=root, tasks=(1,), folds=(0, 1), cases=None, seed=0)
+with terminate_gracefully():
+    try:
+        demo.train_folds(demo.Console(root), dataset_id, trainer, settings, "training", root / "logs" / "training.log")
+    except Terminated:
+        print("terminated", flush=True)
+"""
 
 
 def settings_for(root: Path, folds) -> demo.DemoSettings:
@@ -27,3 +50,51 @@ def test_a_failing_fold_names_its_log_and_shows_its_end(tmp_path, tmp_path_facto
     shown = capfd.readouterr().out
     assert "training: FAILED" in shown and f"fold 0 failed; its log: {fold_log}" in shown
     assert "NoSuchTrainer" in fold_log.read_text() and "Traceback" in fold_log.read_text()
+
+
+def _children(pid: int) -> list[int]:
+    """Process ids whose parent is ``pid`` (from /proc)."""
+    children = []
+    for entry in Path("/proc").iterdir():
+        try:
+            if entry.name.isdigit() and int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1]) == pid:
+                children.append(int(entry.name))
+        except (OSError, IndexError, ValueError):  # a process that ended meanwhile
+            pass
+    return children
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").is_file(), reason="reads processes from /proc")
+def test_sigterm_ends_the_folds_training_side_by_side_at_once(tmp_path, tmp_path_factory, monkeypatch):
+    dataset = planned_case_level_dataset(tmp_path_factory, tmp_path, "classification", N_CASES, monkeypatch)
+    command = subprocess.Popen([sys.executable, "-c", TRAIN_TWO_FOLDS, str(tmp_path), str(dataset.dataset_id),
+                                LONG_TRAINER], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    workers: list[int] = []
+    try:
+        fold_logs = [tmp_path / "logs" / f"training_fold{fold}.log" for fold in (0, 1)]
+        deadline = time.monotonic() + START_TIMEOUT_S
+        while not all(log.is_file() for log in fold_logs):  # a fold's log: its worker is running the fold
+            assert command.poll() is None and time.monotonic() < deadline, "the folds did not start"
+            time.sleep(0.2)
+        workers += [pid for pid in _children(command.pid) if "resource_tracker" not in
+                    Path(f"/proc/{pid}/cmdline").read_text()]
+        assert len(workers) == 2
+        command.send_signal(signal.SIGTERM)
+        output, _ = command.communicate(timeout=END_TIMEOUT_S)
+        assert "terminated" in output
+        deadline = time.monotonic() + END_TIMEOUT_S
+        while any(_alive(pid) for pid in workers) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert not any(_alive(pid) for pid in workers), "a fold worker outlived the command"
+    finally:  # a failed check leaves no training process behind
+        for pid in [command.pid] * (command.poll() is None) + [pid for pid in workers if _alive(pid)]:
+            os.kill(pid, signal.SIGKILL)
+        command.wait()

@@ -1,4 +1,5 @@
-"""``benchmarks/ixi_brain_age.py --quick`` on the real IXI data: the whole benchmark runs and its folds predict.
+"""``benchmarks/ixi_brain_age.py --quick`` on the real IXI data: the whole benchmark runs (with a head pooling two
+levels) and its folds predict.
 
 The quick run (12 subjects at 4 mm, 1 epoch x 2 steps per fold) only proves that the machinery keeps working:
 conversion, planning, 5 trained folds as an nnU-Net results folder, out-of-fold metrics with CIs beside the two
@@ -35,9 +36,12 @@ def run(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
 @pytest.mark.skipif(not IXI.is_dir(), reason=f"{IXI} not present")
 def test_quick_benchmark_reports_cnn_and_baselines_and_its_folds_predict(tmp_path: Path):
     out = tmp_path / "bench"
-    done = run(str(BENCHMARK), "--quick", "--out", str(out))
+    done = run(str(BENCHMARK), "--quick", "--out", str(out), "--head-pool-levels", "3", "4", "--head-pooling", "avgmax")
     assert done.returncode == 0, done.stderr[-3000:]
     report = json.loads((out / "ixi_brain_age.json").read_text())
+    plans = json.loads(next((out / "nnUNet_preprocessed").glob("*/nnUNetPlans.json")).read_text())
+    arch = plans["configurations"]["3d_fullres"]["architecture"]["arch_kwargs"]
+    assert (arch["head_pool_levels"], arch["head_pooling"]) == ([3, 4], "avgmax")
     assert set(report["results"]) == {"cnn", "training_mean", "ridge_voxels"}
     for summary in report["results"].values():
         assert set(summary["pooled"]) == set(REPORTED)

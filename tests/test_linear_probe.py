@@ -144,6 +144,16 @@ def test_the_classification_probe_separates_separable_classes(tmp_path):
     summary = json.loads((tmp_path / "probe" / "linear_probe.json").read_text())
     assert summary["pooled_with_ci"]["auroc"]["value"] > 0.85  # Bayes-optimal: 0.98 (d = 3 on one feature of 8)
     assert (tmp_path / "probe" / "linear_probe.md").read_text().startswith("# Linear probe")
+    assert summary["feature_spread"]["median_std_between_cases"] == pytest.approx(1.0, abs=0.3)
+
+
+def test_the_spread_of_the_embeddings_is_that_of_the_cases_not_of_the_features():
+    rng = np.random.default_rng(2)
+    means, spreads = np.linspace(-3.0, 3.0, 9), np.logspace(-3, 1, 9)  # medians: |mean| 1.5, spread 0.1
+    vectors = means + spreads * rng.standard_normal((4000, 9))
+    spread = linear_probe.feature_spread(vectors)
+    assert spread["median_std_between_cases"] == pytest.approx(0.1, rel=0.05)
+    assert spread["median_abs_mean"] == pytest.approx(1.5, rel=0.05)
 
 
 @pytest.mark.parametrize("task_type", [CLASSIFICATION, REGRESSION])

@@ -3,7 +3,8 @@
 Reads ``fomo_embed``'s output and fits, fold by fold on the dataset's own subject-grouped folds, ridge regression
 (regression) or L2-regularised logistic regression (classification) on the standardised embeddings
 (``utils/linear_models.py``); the penalty is chosen inside each training part, so no validation case ever chooses
-it. The out-of-fold predictions are scored with the task metrics and bootstrap CIs.
+it. The out-of-fold predictions are scored with the task metrics and bootstrap CIs. The report also gives how much
+the embeddings vary between cases (:func:`feature_spread`): a head learns slowly from features that barely do.
 Written: ``linear_probe.json``, ``linear_probe.md`` and ``predictions.csv``.
 """
 
@@ -30,6 +31,14 @@ from nnunet_ext.utils.linear_models import fit_linear_model, predict_linear_mode
 def fit_predict(task_type: str, x_train: np.ndarray, y_train: np.ndarray, x_val: np.ndarray, seed: int) -> np.ndarray:
     """Predictions for ``x_val`` (P(class 1), or the value) of a linear model fitted on the training part."""
     return predict_linear_model(task_type, fit_linear_model(task_type, x_train, y_train, seed), x_val)
+
+
+def feature_spread(embeddings: np.ndarray) -> dict[str, float]:
+    """Medians over the features of ``embeddings`` [cases, features]: the standard deviation between cases and the
+    absolute mean. A pooled feature of an instance-normalised encoder varies little between cases, and a head's
+    weights must grow by the inverse of that spread before its output varies between cases at all."""
+    return {"median_std_between_cases": float(np.median(embeddings.std(axis=0))),
+            "median_abs_mean": float(np.median(np.abs(embeddings.mean(axis=0))))}
 
 
 def read_embeddings(folder: Path) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
@@ -70,7 +79,8 @@ def linear_probe(index: dict[str, Any], embeddings: dict[str, np.ndarray], seed:
                "n_cases": len(records), "n_folds": len(folds),
                "model": "logistic regression (L2)" if task_type == CLASSIFICATION else "ridge regression",
                "cross_validation": cross_validation_summary(task_type, folds),
-               "pooled_with_ci": metrics_with_ci(task_type, y_true, y_pred, n_resamples=n_resamples, seed=seed)}
+               "pooled_with_ci": metrics_with_ci(task_type, y_true, y_pred, n_resamples=n_resamples, seed=seed),
+               "feature_spread": feature_spread(np.stack([embeddings[r["case"]] for r in rows]))}
     return summary, records
 
 
@@ -81,7 +91,10 @@ def markdown_report(summary: dict[str, Any]) -> str:
         f"- encoder: {encoder['encoder']} ({encoder['starting_filters']} starting filters), levels "
         f"{encoder['pool_levels']} pooled by {encoder['pooling']}: embeddings of length {encoder['dimension']}",
         f"- {summary['model']} on {summary['n_cases']} cases, {summary['n_folds']} subject-grouped folds "
-        "(pooled out-of-fold predictions, bootstrap 95% CIs)", "",
+        "(pooled out-of-fold predictions, bootstrap 95% CIs)",
+        f"- spread of the embeddings between cases: median standard deviation "
+        f"{summary['feature_spread']['median_std_between_cases']:.3g} (median absolute mean "
+        f"{summary['feature_spread']['median_abs_mean']:.3g})", "",
         format_metrics_table({"linear probe": summary["pooled_with_ci"]})])
 
 
