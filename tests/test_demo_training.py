@@ -3,6 +3,7 @@ training side by side at once (their results are checked by the tiny demo of ``t
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -95,6 +96,9 @@ def test_sigterm_ends_the_folds_training_side_by_side_at_once(tmp_path, tmp_path
             time.sleep(0.2)
         assert not any(_alive(pid) for pid in workers), "a fold worker outlived the command"
     finally:  # a failed check leaves no training process behind
-        for pid in [command.pid] * (command.poll() is None) + [pid for pid in workers if _alive(pid)]:
-            os.kill(pid, signal.SIGKILL)
+        if command.poll() is None:
+            command.kill()
         command.wait()
+        for pid in workers:
+            with contextlib.suppress(ProcessLookupError):  # ended meanwhile
+                os.kill(pid, signal.SIGKILL)
