@@ -23,7 +23,6 @@ import json
 import os
 import random
 import shutil
-import signal
 import sys
 import time
 import traceback
@@ -68,6 +67,8 @@ DEMO_PROCESSES = 2
 FAILED_LOG_TAIL = 30
 #: Seconds between looks at the training folds (progress bar, failures).
 FOLD_POLL_S = 0.5
+#: Seconds a fold worker has to end after SIGTERM before it is killed.
+PROCESS_EXIT_TIMEOUT_S = 10
 
 
 @dataclass(frozen=True)
@@ -285,26 +286,22 @@ _fold_progress = None  # a queue: one item per finished epoch, for the progress 
 _folds_running = None  # a shared counter: how many folds are training right now
 
 
-def _init_fold_worker(progress, running, pids) -> None:
+def _init_fold_worker(progress, running) -> None:
     global _fold_progress, _folds_running
     _fold_progress, _folds_running = progress, running
-    pids.put(os.getpid())  # so that train_folds can end this worker (ProcessPoolExecutor keeps its processes private)
 
 
-def _end_fold_workers(pids) -> None:
-    """SIGTERM every fold worker that reported its process id to ``pids`` (spawned interpreters: SIGTERM's default
-    action ends them at once)."""
-    from queue import Empty
-
-    while True:
-        try:
-            pid = pids.get_nowait()
-        except Empty:
-            return
-        try:
-            os.kill(pid, signal.SIGTERM)
-        except ProcessLookupError:  # that worker has already ended
-            pass
+def _end_processes(processes) -> None:
+    """SIGTERM each of ``processes`` still running (spawned interpreters: SIGTERM's default action ends them at
+    once), and SIGKILL any that has not ended :data:`PROCESS_EXIT_TIMEOUT_S` later."""
+    for process in processes:
+        if process.is_alive():
+            process.terminate()
+    for process in processes:
+        process.join(PROCESS_EXIT_TIMEOUT_S)
+        if process.is_alive():
+            process.kill()
+            process.join()
 
 
 def _share_cores() -> None:
@@ -391,10 +388,13 @@ def train_folds(console: Console, dataset_id: int, trainer_name: str, settings: 
         print(f"{len(folds)} folds in {workers} processes; each fold's log: "
               + ", ".join(str(path) for path in fold_logs.values()), flush=True)
         context = multiprocessing.get_context("spawn")  # nnU-Net's own choice; fork would copy this process's threads
-        progress, running, pids = context.Queue(), context.Value("i", 0), context.Queue()
+        progress, running = context.Queue(), context.Value("i", 0)
+        # The pool's workers are this process's only children born from here on: ProcessPoolExecutor keeps its
+        # processes private, but multiprocessing lists every child it started (also one still starting up).
+        children_before = set(multiprocessing.active_children())
         try:
             with ProcessPoolExecutor(workers, mp_context=context, initializer=_init_fold_worker,
-                                     initargs=(progress, running, pids)) as pool:
+                                     initargs=(progress, running)) as pool:
                 try:
                     pending = {pool.submit(_train_fold, dataset_id, trainer_name, fold, settings.seed,
                                            commands[fold], fold_logs[fold]): fold for fold in folds}
@@ -411,7 +411,7 @@ def train_folds(console: Console, dataset_id: int, trainer_name: str, settings: 
                     # A failed fold, Ctrl-C or SIGTERM: end the other folds now. The pool's own exit would wait for
                     # the running folds to train to their end, and then train the queued ones.
                     pool.shutdown(wait=False, cancel_futures=True)
-                    _end_fold_workers(pids)
+                    _end_processes(set(multiprocessing.active_children()) - children_before)
                     raise
             bar.update(bar.total - bar.n)  # early stopping skips epochs
         finally:
