@@ -4,6 +4,7 @@ training side by side at once (their results are checked by the tiny demo of ``t
 from __future__ import annotations
 
 import contextlib
+import multiprocessing
 import os
 import signal
 import subprocess
@@ -102,3 +103,29 @@ def test_sigterm_ends_the_folds_training_side_by_side_at_once(tmp_path, tmp_path
         for pid in workers:
             with contextlib.suppress(ProcessLookupError):  # ended meanwhile
                 os.kill(pid, signal.SIGKILL)
+
+
+def _ignore_sigterm_and_wait(ready) -> None:
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    ready.set()
+    time.sleep(END_TIMEOUT_S * 4)
+
+
+def test_a_worker_that_ignores_sigterm_is_killed(monkeypatch):
+    monkeypatch.setattr(demo, "PROCESS_EXIT_TIMEOUT_S", 0.5)
+    context = multiprocessing.get_context("fork")  # a child that only sleeps: forking is safe and instant
+    ready = context.Event()
+    stubborn = context.Process(target=_ignore_sigterm_and_wait, args=(ready,))
+    plain = context.Process(target=time.sleep, args=(END_TIMEOUT_S * 4,))
+    for process in (stubborn, plain):
+        process.start()
+    try:
+        assert ready.wait(START_TIMEOUT_S), "the worker did not start"
+        started = time.monotonic()
+        demo._end_processes([stubborn, plain])
+        assert time.monotonic() - started < END_TIMEOUT_S
+        assert (stubborn.exitcode, plain.exitcode) == (-signal.SIGKILL, -signal.SIGTERM)
+    finally:
+        for process in (stubborn, plain):
+            process.kill()
+            process.join()
