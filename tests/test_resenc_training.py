@@ -1,8 +1,9 @@
 """A tiny-width FOMO26 ResEnc-B checkpoint through ``fomo_plan_and_preprocess --model resenc_unet_b``, a run shorter
 than ``_debug`` (1 epoch of 1 training and 1 validation iteration; CPU) and ``fomo_predict`` with the trained fold,
-for each of the three tasks, each from the checkpoint in both layouts: FOMO26's Lightning file and an nnssl release
-checkpoint of the same network (as nnssl's ResEnc-L: ``network_weights`` in DNA's names, with its adaptation plan). The 6-stage network needs 64^3 patches, so every step costs more than the UNet-B tests'
-32^3: the final validation (nnU-Net's, mirrored 8 times) is left to the UNet-B trainer tests, which share its code,
+for each of the three tasks, from the checkpoint in its two layouts: FOMO26's Lightning file and an nnssl release
+checkpoint of the same network (as nnssl's ResEnc-L: ``network_weights`` in DNA's names, with its adaptation plan);
+segmentation from both, each case-level task from one. The 6-stage network needs 64^3 patches, so every step costs
+more than the UNet-B tests' 32^3: the final validation (nnU-Net's, mirrored 8 times) is left to the UNet-B trainer tests, which share its code,
 and prediction runs without test-time mirroring. Its run under DDP is in ``test_ddp``."""
 
 from __future__ import annotations
@@ -66,10 +67,11 @@ def _check_fold(fold: Path, task_type: str, naming: str = FOMO26) -> None:
     assert all(torch.isfinite(t).all() for t in final["network_weights"].values() if t.is_floating_point())
 
 
-@pytest.mark.parametrize("naming", [FOMO26, NNSSL])
-@pytest.mark.parametrize("task_type, family, metric", [
-    ("classification", FomoClassificationTrainer, "val_auroc"),
-    ("regression", FomoRegressionTrainer, "val_mae")])
+# The layout only decides how the encoder loads, the task only the head: each task runs from one layout, and each
+# layout is loaded by one case-level task (the segmentation test below runs both layouts).
+@pytest.mark.parametrize("task_type, family, metric, naming", [
+    ("classification", FomoClassificationTrainer, "val_auroc", FOMO26),
+    ("regression", FomoRegressionTrainer, "val_mae", NNSSL)])
 def test_case_level_debug_run_from_a_resenc_checkpoint_then_prediction(task_type: str, family: type, metric: str,
                                                                         naming: str, tmp_path: Path,
                                                                         monkeypatch: pytest.MonkeyPatch):
