@@ -3,8 +3,8 @@ than ``_debug`` (1 epoch of 1 training and 1 validation iteration; CPU) and ``fo
 for each of the three tasks, from the checkpoint in its two layouts: FOMO26's Lightning file and an nnssl release
 checkpoint of the same network (as nnssl's ResEnc-L: ``network_weights`` in DNA's names, with its adaptation plan);
 segmentation from both, each case-level task from one. The 6-stage network needs 64^3 patches, so every step costs
-more than the UNet-B tests' 32^3: the final validation (nnU-Net's, mirrored 8 times) is left to the UNet-B trainer tests, which share its code,
-and prediction runs without test-time mirroring. Its run under DDP is in ``test_ddp``."""
+more than the UNet-B tests' 32^3: the final validation (nnU-Net's, mirrored 8 times) is left to the UNet-B trainer
+tests, which share its code, and prediction runs without test-time mirroring. Its run under DDP is in ``test_ddp``."""
 
 from __future__ import annotations
 
