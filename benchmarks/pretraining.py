@@ -6,6 +6,8 @@ test sets, folds and schedules; only the starting weights differ), each in its o
 the other. Per task it then compares the two ensembles on the same test cases: each headline metric (AUROC, Dice,
 MAE) with its bootstrap 95% CI, and the paired bootstrap of the difference (pretrained minus scratch; cases resampled
 together for both arms). ``--reuse`` takes existing demo outputs instead of running them again.
+``--train-fraction F`` runs both arms on that share of each task's training subjects (``fomo_demo --train-fraction``:
+the same test sets): where pretraining is expected to help most, with few labels.
 
 Target (issue 21): pretrained ahead on every task. Writes ``pretraining.json`` under ``--out`` and prints a table.
 """
@@ -28,7 +30,7 @@ if str(REPO) not in sys.path:  # run as a script from a clone without installing
 from reporting import check_out_folder, write_report  # noqa: E402  (beside this script)
 
 from nnunet_ext.errors import FomoInputError, cli_entry  # noqa: E402
-from nnunet_ext.utils.arguments import int_at_least  # noqa: E402
+from nnunet_ext.utils.arguments import fraction, int_at_least  # noqa: E402
 
 RESULT_STEM = "pretraining"
 ARMS = ("pretrained", "scratch")
@@ -105,6 +107,17 @@ def compare_task(task: int, reports: Dict[str, Path], seed: int, n_resamples: in
             "pretrained_ahead": bool(ahead), "paired_ci_excludes_zero": bool(excludes_zero)}
 
 
+def train_fraction_of(run: Path, task: int) -> float:
+    """The share of training subjects a demo run's task trained on, from its dataset.json."""
+    from nnunet_ext.dataset_conversion.tasks import FOMO_KEY
+    from nnunet_ext.demo import DEMO_DATASET_IDS
+
+    found = sorted((run / "nnUNet_raw").glob(f"Dataset{DEMO_DATASET_IDS[task]:03d}_*/dataset.json"))
+    if not found:
+        raise FomoInputError(f"task {task}: no converted dataset in this run", run / "nnUNet_raw")
+    return json.loads(found[0].read_text())[FOMO_KEY].get("train_fraction", 1.0)
+
+
 def format_table(report: Dict[str, Any]) -> str:
     def cell(entry: Dict[str, float]) -> str:
         return f"{entry['value']:.3f} [{entry['ci_low']:.3f}, {entry['ci_high']:.3f}]"
@@ -114,7 +127,8 @@ def format_table(report: Dict[str, Any]) -> str:
             f"{' (CI excludes 0)' if r['paired_ci_excludes_zero'] else ''} |" for r in report["tasks"]]
     return "\n".join([
         "Pretrained vs scratch, ensembles on each task's test set (95% bootstrap CIs; difference = pretrained - "
-        "scratch, paired)", "| task | metric | cases | pretrained | scratch | difference | pretrained ahead |",
+        f"scratch, paired), trained on {report['train_fraction']:g} of the training subjects",
+        "| task | metric | cases | pretrained | scratch | difference | pretrained ahead |",
         "|---|---|---|---|---|---|---|", *rows,
         f"Target: pretrained ahead on every task: {'met' if report['target_met'] else 'NOT met'}"])
 
@@ -130,6 +144,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help=f"bootstrap resamples (default {N_RESAMPLES})")
     parser.add_argument("--reuse", action="store_true",
                         help="compare the demo outputs already under --out/pretrained and --out/scratch")
+    parser.add_argument("--train-fraction", type=fraction, default=1.0,
+                        help="share of each task's training subjects both arms train on (fomo_demo "
+                             "--train-fraction; same test sets; default: 1, all)")
     parser.add_argument("--quick", action="store_true", help="smoke run: task 1, two folds, 10 subjects")
     return parser
 
@@ -148,10 +165,15 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     else:
         args.out.mkdir(parents=True, exist_ok=True)
         for arm, out in outputs.items():
-            run_demo(out, arm, [*demo_args, "--seed", str(args.seed)])
+            run_demo(out, arm, [*demo_args, "--seed", str(args.seed), "--train-fraction", f"{args.train_fraction:g}"])
+    fractions = {train_fraction_of(out, task) for out in outputs.values() for task in tasks}
+    if len(fractions) > 1:
+        raise FomoInputError(f"the runs trained on different shares of their subjects ({sorted(fractions)}): "
+                             "compare runs of one --train-fraction", args.out)
     results = [compare_task(task, {arm: out / "reports" / f"task{task}" for arm, out in outputs.items()},
                             args.seed, args.n_bootstrap) for task in tasks]
-    report = {"tasks": results, "seed": args.seed, "target_met": all(r["pretrained_ahead"] for r in results),
+    report = {"tasks": results, "seed": args.seed, "train_fraction": fractions.pop(),
+              "target_met": all(r["pretrained_ahead"] for r in results),
               "runs": {arm: str(out) for arm, out in outputs.items()}}
     write_report(args.out, RESULT_STEM, report, format_table(report))
     return 0

@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Callable, Dict, Iterator, List, Optional, Sequence, TextIO, Tuple
 
 from nnunet_ext.errors import FomoInputError, Terminated, cli_entry
+from nnunet_ext.utils.arguments import fraction
 from nnunet_ext.utils.files import require_output_folder
 
 #: nnU-Net dataset ids of the demo datasets, one per FOMO task (9xx: out of the way of real datasets).
@@ -127,6 +128,7 @@ class DemoSettings:
     seed: int
     init: str = INIT_PRETRAINED
     smoke: bool = False
+    train_fraction: float = 1.0  # share of each task's non-test subjects trained on (fomo_convert --train-fraction)
 
     @property
     def pretrain_trainer(self) -> str:
@@ -485,7 +487,9 @@ def run_task(console: Console, task: int, settings: DemoSettings) -> Path:
                  synthetic.main)
     command_step(console, f"task {task}: conversion to nnU-Net raw", settings.log(f"{name}_2_convert"),
                  ["fomo_convert", "--task", str(task), "-i", str(data), "-d", dataset,
-                  "--test-fraction", str(recipe.test_fraction), "--seed", str(settings.seed)], convert.main)
+                  "--test-fraction", str(recipe.test_fraction), "--seed", str(settings.seed),
+                  *(["--train-fraction", f"{settings.train_fraction:g}"] if settings.train_fraction < 1 else [])],
+                 convert.main)
     command_step(console, f"task {task}: FOMO plans and preprocessing ({recipe.spacing_mm:g} mm)",
                  settings.log(f"{name}_3_plan_and_preprocess"),
                  ["fomo_plan_and_preprocess", "-d", dataset, *start,
@@ -555,6 +559,9 @@ def write_index(settings: DemoSettings, console: Console, reports: Dict[int, Pat
              f"Synthetic subjects per task: {', '.join(f'task {t}: {settings.cases_of(t)}' for t in reports)} "
              f"(seed {settings.seed}), folds {', '.join(map(str, settings.folds))}, the UNet-B layout with "
              f"{DEMO_STARTING_FILTERS} starting filters; {seconds / 60:.1f} min in all.", "",
+             *([f"**Trained on {settings.train_fraction:g} of each task's training subjects** (`--train-fraction`, "
+                "a label-efficiency run): the test sets are those of the full run with this seed.", ""]
+               if settings.train_fraction < 1 else []),
              weights_paragraph(settings, pretraining), "",
              *([f"**Smoke run** (`--smoke`, the `{settings.variant}` trainers: 2 epochs x 4 steps): it shows that "
                 "every step runs; its numbers mean nothing.", ""] if settings.smoke else []),
@@ -584,6 +591,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--seed", type=int, default=0, help="seed of the data, the splits, training and the bootstrap")
     parser.add_argument("--init", choices=sorted(DEMO_VARIANTS), default=INIT_PRETRAINED,
                         help="where the task models start: the demo's own pretrained checkpoint, or random weights")
+    parser.add_argument("--train-fraction", type=fraction, default=1.0,
+                        help="share of each task's subjects outside the test set that the folds train on (fomo_convert "
+                             "--train-fraction; the test set stays the same): label-efficiency runs")
     parser.add_argument("--smoke", action="store_true",
                         help="train every model with the _debug-length variants (2 epochs x 4 steps): checks that "
                              "every step runs, in a minute or two per task; the numbers mean nothing")
@@ -603,7 +613,8 @@ def _at_least(minimum: int) -> Callable[[str], int]:
 @cli_entry
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
-    settings = DemoSettings(args.out.resolve(), args.tasks, args.folds, args.cases, args.seed, args.init, args.smoke)
+    settings = DemoSettings(args.out.resolve(), args.tasks, args.folds, args.cases, args.seed, args.init, args.smoke,
+                            args.train_fraction)
     started = time.monotonic()
     prepare_output(settings.out)
     configure_environment(settings.out)

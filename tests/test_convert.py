@@ -210,6 +210,27 @@ def test_test_fraction_holds_out_whole_subjects(fomo_tree, nnunet_dirs):
     assert_folds_leak_free(out)
 
 
+def test_train_fraction_keeps_whole_subjects_and_the_full_conversions_test_set(synthetic_fomo, nnunet_dirs, caplog):
+    caplog.set_level(logging.INFO)
+    full = dataset_json(convert_fomo_dataset(3, synthetic_fomo(3), 41, test_fraction=0.2))[FOMO_KEY]
+    assert main(["--task", "3", "-i", str(synthetic_fomo(3)), "-d", "42", "--test-fraction", "0.2",
+                 "--train-fraction", "0.75"]) == 0
+    out = nnunet_dirs["nnUNet_raw"] / "Dataset042_FOMOBrainAge"
+    part = dataset_json(out)[FOMO_KEY]
+    assert part["test_targets"] == full["test_targets"]
+    kept = set(part["targets"])
+    subjects = {full["subjects"][c] for c in kept}
+    assert kept == {c for c in full["targets"] if full["subjects"][c] in subjects}  # whole subjects, all sessions
+    n_full = len({full["subjects"][c] for c in full["targets"]})
+    assert 0.6 * n_full <= len(subjects) <= 0.9 * n_full
+    assert part["train_fraction"] == 0.75 and part["left_out_cases"] == len(full["targets"]) - len(kept) > 0
+    assert {p.name[: -len("_0000.nii.gz")] for p in (out / "imagesTr").glob("*_0000.nii.gz")} == kept
+    assert {p.name[: -len(".nii.gz")] for p in (out / "labelsTr").iterdir()} == kept
+    assert dataset_json(out)["numTraining"] == len(kept) and set(part["subjects"]) == kept | set(full["test_targets"])
+    assert_folds_leak_free(out)
+    assert f"left out: {part['left_out_cases']} case(s)" in caplog.text
+
+
 def tree_digest(root: Path) -> Dict[str, str]:
     return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
             for p in sorted(root.rglob("*")) if p.is_file()}

@@ -357,11 +357,13 @@ def test_nan_to_zero_converts_and_reports(fomo_tree, nnunet_dirs, caplog):
     (["--folds", "1"], "argument --folds: must be at least 2, got 1"),
     (["--test-fraction", "-0.1"], "argument --test-fraction: must be in [0, 0.5], got -0.1"),
     (["--test-fraction", "0.7"], "argument --test-fraction: must be in [0, 0.5], got 0.7"),
+    (["--train-fraction", "0"], "argument --train-fraction: must be in (0, 1], got 0"),
     (["-d", "1000"], "argument -d/--dataset-id: must be in 1..999"),
     (["--spacing", "1", "0", "1"], "argument --spacing: must be positive, got 0"),
     (["--spacing", "1", "1", "1"], "--spacing applies to .npy arrays only"),  # NIfTI carries its own; never ignored
     (["--missing-modality", "error"], "channel(s) SWI_or_T2star absent from every case: --missing-modality error"),
-], ids=["path in name", "space in name", "one fold", "negative test fraction", "test fraction 0.7", "id 1000",
+], ids=["path in name", "space in name", "one fold", "negative test fraction", "test fraction 0.7",
+        "train fraction 0", "id 1000",
         "zero spacing", "spacing with NIfTI", "missing-modality error, channel absent everywhere"])
 def test_bad_options_are_refused_before_any_work(argv, message, fomo_tree, nnunet_dirs, tmp_path, capsys):
     tree = filled_tree(fomo_tree, 1)

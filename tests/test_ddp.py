@@ -16,8 +16,8 @@ from case_level_datasets import CaseLevelDataset, planned_case_level_dataset
 from ddp_gloo import assert_ranks_agree, train_ddp_on_cpu
 from nnunet_ext.env import EXT_TRAINER_VAR, TRAINER_LOOKUP_FOLDER
 from nnunet_ext.errors import FomoInputError
-from nnunet_ext.trainers import FomoFinetuneTrainer, base
-from resenc_datasets import plan_resenc
+from nnunet_ext.trainers import TRAINERS, FomoFinetuneTrainer, base
+from resenc_datasets import check_segmentation_fold, plan_resenc
 from trainer_datasets import (
     CONFIGURATION,
     DATASET_ID,
@@ -29,11 +29,10 @@ from trainer_datasets import (
     use_dataset,
 )
 
-#: A frozen-encoder variant that unfreezes after one of its two ``_debug`` epochs: both phases in one short run.
-UNFREEZING_TRAINER = "FomoFinetuneTrainer_FrozenEncoderUnfreeze1_debug"
 #: Deep supervision on (every decoder output trained) with layer-wise learning-rate decay (one parameter group per
-#: encoder level), for ``_debug``'s two short epochs: the variant whose ranks once ended with different weights.
-DEEP_SUPERVISION_TRAINER = "FomoFinetuneTrainer_DeepSupervision_LLRD_debug"
+#: encoder level; the variant whose ranks once ended with different weights), the encoder frozen for the first of
+#: ``_debug``'s two epochs: both phases in one short run.
+DEEP_SUPERVISION_TRAINER = "FomoFinetuneTrainer_DeepSupervision_LLRD_FrozenEncoderUnfreeze1_debug"
 #: The default segmentation trainer for one epoch of two steps, for the residual encoder's 64^3 patches.
 RESENC_TRAINER = "FomoFinetuneTrainer_tinyDDP"
 #: Folder where :func:`record_validated_cases` writes what each rank validated.
@@ -51,31 +50,26 @@ def _env(dataset_env: dict, results: Path) -> dict:
             EXT_TRAINER_VAR: str(TRAINER_LOOKUP_FOLDER)}
 
 
-def register_unfreezing_trainer() -> None:
-    """(In every rank) :data:`UNFREEZING_TRAINER`, found by nnU-Net's lookup like every variant."""
-    from nnunet_ext.trainers import TRAINERS, FomoFinetuneTrainer_debug
-    from nnunet_ext.trainers.variants import FrozenEncoder
-
-    TRAINERS[UNFREEZING_TRAINER] = type(UNFREEZING_TRAINER, (FrozenEncoder, FomoFinetuneTrainer_debug),
-                                        {"unfreeze_epoch": 1})
-
-
 def register_deep_supervision_trainer() -> None:
     """(In every rank) :data:`DEEP_SUPERVISION_TRAINER`, found by nnU-Net's lookup like every variant."""
     from nnunet_ext.trainers import TRAINERS, FomoFinetuneTrainer_DeepSupervision_debug
-    from nnunet_ext.trainers.variants import LayerwiseLRDecay
+    from nnunet_ext.trainers.variants import FrozenEncoder, LayerwiseLRDecay
 
-    TRAINERS[DEEP_SUPERVISION_TRAINER] = type(DEEP_SUPERVISION_TRAINER,
-                                              (LayerwiseLRDecay, FomoFinetuneTrainer_DeepSupervision_debug), {})
+    TRAINERS[DEEP_SUPERVISION_TRAINER] = type(DEEP_SUPERVISION_TRAINER, (
+        FrozenEncoder, LayerwiseLRDecay, FomoFinetuneTrainer_DeepSupervision_debug), {"unfreeze_epoch": 1})
+
+
+def resenc_trainer() -> type:
+    """:data:`RESENC_TRAINER`: the default segmentation trainer for one epoch of two steps."""
+    from nnunet_ext.trainers.variants import ShortSchedule
+
+    return type(RESENC_TRAINER, (ShortSchedule, FomoFinetuneTrainer),
+                {"epochs": 1, "iterations": 2, "val_iterations": 1})
 
 
 def register_resenc_trainer() -> None:
     """(In every rank) :data:`RESENC_TRAINER`, found by nnU-Net's lookup like every variant."""
-    from nnunet_ext.trainers import TRAINERS
-    from nnunet_ext.trainers.variants import ShortSchedule
-
-    TRAINERS[RESENC_TRAINER] = type(RESENC_TRAINER, (ShortSchedule, FomoFinetuneTrainer),
-                                    {"epochs": 1, "iterations": 2, "val_iterations": 1})
+    TRAINERS[RESENC_TRAINER] = resenc_trainer()
 
 
 def record_validated_cases() -> None:
@@ -136,16 +130,11 @@ def test_the_classification_trainer_trains_in_step_under_ddp(classification, tmp
     assert_ranks_agree(ranks, "val_auroc")
 
 
-def test_segmentation_frozen_then_unfrozen_trains_in_step_under_ddp(segmentation, tmp_path):
-    """The frozen first epoch leaves the encoder without a gradient too, and the second unfreezes it under DDP."""
-    ranks = train_ddp_on_cpu(DATASET_NAME, CONFIGURATION, 0, UNFREEZING_TRAINER, tmp_path,
-                             _env(segmentation.env, tmp_path / "results"), setup=register_unfreezing_trainer)
-    assert_ranks_agree(ranks, "ema_fg_dice")
-
-
-def test_segmentation_with_deep_supervision_and_layerwise_rates_trains_in_step_under_ddp(segmentation, tmp_path):
+def test_segmentation_with_deep_supervision_layerwise_rates_and_a_frozen_epoch_trains_in_step_under_ddp(segmentation,
+                                                                                                    tmp_path):
     """Every output conv gets a gradient, but the output layers drawn after the pretrained transfer must still be the
-    same on both ranks; and the per-level parameter groups must not change what DDP synchronises."""
+    same on both ranks; the per-level parameter groups must not change what DDP synchronises; and the frozen first
+    epoch leaves the encoder without a gradient, the second unfreezes it under DDP."""
     ranks = train_ddp_on_cpu(DATASET_NAME, CONFIGURATION, 0, DEEP_SUPERVISION_TRAINER, tmp_path,
                              _env(segmentation.env, tmp_path / "results"), setup=register_deep_supervision_trainer)
     assert_ranks_agree(ranks, "ema_fg_dice")
@@ -155,13 +144,18 @@ def test_segmentation_from_a_resenc_checkpoint_trains_in_step_under_ddp(tmp_path
                                                                         monkeypatch: pytest.MonkeyPatch):
     """Two gloo ranks through nnU-Net's ``run_ddp`` (see ``ddp_gloo``): the residual decoder's coarser output convs get
     no gradient with deep supervision off, and its output conv is drawn after the transfer; the ranks must still
-    hold the same weights and log the same Dice."""
-    make_raw_dataset(tmp_path / "nnUNet_raw" / DATASET_NAME)
+    hold the same weights and log the same Dice. The fold then holds the whole FOMO26 checkpoint and predicts (the
+    checks ``test_resenc_training`` makes of the nnssl layout)."""
+    raw = tmp_path / "nnUNet_raw" / DATASET_NAME
+    make_raw_dataset(raw)
     plan_resenc(tmp_path, DATASET_ID, monkeypatch)
     ranks = train_ddp_on_cpu(DATASET_NAME, CONFIGURATION, 0, RESENC_TRAINER, tmp_path,
                              {"nnUNet_compile": "false"}, setup=register_resenc_trainer)
     assert_ranks_agree(ranks, "ema_fg_dice")
     assert any(key.startswith("encoder.stages.5.") for key in ranks[0]["state"])  # the 6-stage residual encoder
+    monkeypatch.setitem(TRAINERS, RESENC_TRAINER, resenc_trainer())  # fomo_predict finds it by its name here too
+    results = tmp_path / "nnUNet_results" / DATASET_NAME / f"{RESENC_TRAINER}__nnUNetPlans__{CONFIGURATION}"
+    check_segmentation_fold(results / "fold_0", raw, tmp_path / "predicted")
 
 
 def test_case_level_validation_is_split_over_the_ranks_and_scored_once(regression, tmp_path):

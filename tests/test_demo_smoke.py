@@ -2,7 +2,8 @@
 
 The full demo takes 11 minutes; this run goes through every one of its steps (synthetic data, conversion, planning,
 two folds trained side by side, model selection, evaluation of each fold and the ensemble, REPORT.md) and checks
-that ``--tasks``, ``--folds``, ``--cases``, ``--seed``, ``--init`` and ``--smoke`` each have their effect.
+that ``--tasks``, ``--folds``, ``--cases``, ``--seed``, ``--init``, ``--train-fraction`` and ``--smoke`` each have
+their effect.
 """
 
 from __future__ import annotations
@@ -15,14 +16,15 @@ from pathlib import Path
 import worker_pools
 from fresh_process import run_fresh
 
-TASK, FOLDS, CASES, SEED = 3, ("0", "1"), 10, 7
+TASK, FOLDS, CASES, SEED, TRAIN_FRACTION = 3, ("0", "1"), 10, 7, 0.75
 DEMO = "import sys; from nnunet_ext.demo import main; sys.exit(main(sys.argv[1:]))"
 
 
 def test_a_tiny_demo_runs_every_step_with_the_flags_given(tmp_path: Path):
     out = tmp_path / "demo"
     done = run_fresh([sys.executable, "-c", DEMO, "--out", str(out), "--tasks", str(TASK), "--folds", *FOLDS,
-                      "--cases", str(CASES), "--seed", str(SEED), "--init", "scratch", "--smoke"],
+                      "--cases", str(CASES), "--seed", str(SEED), "--init", "scratch", "--smoke",
+                      "--train-fraction", str(TRAIN_FRACTION)],
                      env=worker_pools.subprocess_env(os.environ))  # the folds' own (spawned) processes too
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
 
@@ -30,11 +32,14 @@ def test_a_tiny_demo_runs_every_step_with_the_flags_given(tmp_path: Path):
     raw = out / "nnUNet_raw"
     assert [p.name for p in raw.iterdir()] == ["Dataset903_FOMOBrainAge"]
     dataset = raw / "Dataset903_FOMOBrainAge"
-    # --cases: that many subjects (some with two sessions), each a training or a test case
-    subjects = json.loads((dataset / "dataset.json").read_text())["fomo"]["subjects"]
+    # --cases: that many subjects (some with two sessions); --train-fraction: of those outside the test set (8), the
+    # dataset keeps 3 parts of a grouped 4-part split as training cases, and leaves the others out
+    assert len(list((out / "fomo_data" / f"fomo-task{TASK}" / "preprocessed").iterdir())) == CASES
+    fomo = json.loads((dataset / "dataset.json").read_text())["fomo"]
     images = sorted(p.name[:-len("_0000.nii.gz")] for part in ("imagesTr", "imagesTs")
                     for p in (dataset / part).glob("*_0000.nii.gz"))
-    assert images == sorted(subjects) and len(set(subjects.values())) == CASES
+    assert images == sorted(fomo["subjects"]) and fomo["train_fraction"] == TRAIN_FRACTION
+    assert 5 <= len({fomo["subjects"][case] for case in fomo["targets"]}) <= 7 and fomo["left_out_cases"] >= 1
     # --smoke and --folds: the _debug trainer, exactly the folds asked for, side by side, each with its own log, and
     # one console line naming the step's log
     trainer = "FomoRegressionTrainer_debugScratch"
@@ -55,6 +60,7 @@ def test_a_tiny_demo_runs_every_step_with_the_flags_given(tmp_path: Path):
         line = next(line for line in commands.splitlines() if line.startswith(command))
         assert f" --seed {SEED} " in f"{line} ", line
     assert "Smoke run" in report and "from random weights" in report and "`_debugScratch` trainers" in report
+    assert f"Trained on {TRAIN_FRACTION:g} of each task's training subjects" in report
 
 
 def test_each_task_plans_its_start_from_the_demo_checkpoint_or_from_nothing():

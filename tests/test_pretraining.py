@@ -153,9 +153,10 @@ def test_continued_pretraining_starts_from_the_exported_checkpoint(pool, tmp_pat
 def test_options_a_pool_cannot_keep_are_refused(tmp_path, monkeypatch, capsys):
     use(monkeypatch, tmp_path)
     synthetic.make_synthetic_pool(tmp_path / "pool", 2, shape=(16, 16, 16), scale=SCALE)
-    with pytest.raises(SystemExit) as refused:
-        convert.main(["--task", "pretrain", "-i", str(tmp_path / "pool"), "-d", "5", "--test-fraction", "0.2"])
-    assert refused.value.code == EXIT_BAD_INPUT and "--test-fraction" in capsys.readouterr().err
+    for option in ("--test-fraction", "--train-fraction"):
+        with pytest.raises(SystemExit) as refused:
+            convert.main(["--task", "pretrain", "-i", str(tmp_path / "pool"), "-d", "5", option, "0.2"])
+        assert refused.value.code == EXIT_BAD_INPUT and option in capsys.readouterr().err
     assert not list((tmp_path / "nnUNet_raw").iterdir())
 
 

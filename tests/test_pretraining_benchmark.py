@@ -12,11 +12,15 @@ import numpy as np
 import pytest
 from sklearn.metrics import roc_auc_score
 
+from nnunet_ext.dataset_conversion.tasks import FOMO_KEY
+from nnunet_ext.demo import DEMO_DATASET_IDS
+
 REPO = Path(__file__).resolve().parents[1]
 BENCHMARK = REPO / "benchmarks" / "pretraining.py"
 
 
-def fake_run(folder: Path, rows_by_task: dict) -> None:
+def fake_run(folder: Path, rows_by_task: dict, train_fraction: float = 1.0) -> None:
+    """A finished demo output as far as the benchmark reads it: each task's per-case rows and its dataset.json."""
     (folder).mkdir(parents=True)
     (folder / "REPORT.md").write_text("# fomo_demo\n")
     for task, rows in rows_by_task.items():
@@ -24,6 +28,9 @@ def fake_run(folder: Path, rows_by_task: dict) -> None:
         report.mkdir(parents=True)
         (report / "per_case.json").write_text(json.dumps(
             [{"case": "x", "model": "fold 0", "target": 0, "prediction": 0.0}] + rows))
+        raw = folder / "nnUNet_raw" / f"Dataset{DEMO_DATASET_IDS[task]}_Task{task}"
+        raw.mkdir(parents=True)
+        (raw / "dataset.json").write_text(json.dumps({FOMO_KEY: {"train_fraction": train_fraction}}))
 
 
 def run(out: Path, *args: str) -> subprocess.CompletedProcess:
@@ -72,3 +79,17 @@ def test_identical_runs_differ_by_exactly_nothing_and_a_missing_run_is_refused(t
     assert not task["pretrained_ahead"]
     refused = run(tmp_path / "elsewhere")
     assert refused.returncode == 2 and "--reuse" in refused.stderr and not (tmp_path / "elsewhere").exists()
+
+
+def test_runs_on_different_shares_of_the_subjects_are_refused_and_the_share_is_reported(tmp_path):
+    rows = [{"case": f"c{i}", "model": "ensemble", "target": float(i % 2), "prediction": 0.1 * i} for i in range(10)]
+    fake_run(tmp_path / "mixed" / "pretrained", {1: rows}, train_fraction=0.25)
+    fake_run(tmp_path / "mixed" / "scratch", {1: rows})
+    refused = run(tmp_path / "mixed", "--tasks", "1")
+    assert refused.returncode == 2 and "different shares" in refused.stderr and "[0.25, 1.0]" in refused.stderr
+    fake_run(tmp_path / "quarter" / "pretrained", {1: rows}, train_fraction=0.25)
+    fake_run(tmp_path / "quarter" / "scratch", {1: rows}, train_fraction=0.25)
+    done = run(tmp_path / "quarter", "--tasks", "1")
+    assert done.returncode == 0, done.stderr
+    assert json.loads((tmp_path / "quarter" / "pretraining.json").read_text())["train_fraction"] == 0.25
+    assert "trained on 0.25 of the training subjects" in done.stdout

@@ -13,6 +13,7 @@ from nnunet_ext.dataset_conversion.splits import (
     quantile_bins,
     split_test_set,
     stratification_labels,
+    subsample_subjects,
 )
 from nnunet_ext.dataset_conversion.tasks import CLASSIFICATION, REGRESSION
 from nnunet_ext.errors import FomoInputError
@@ -133,3 +134,21 @@ def test_test_fraction_out_of_range(fraction):
     ids, groups, strata = task1_cases()
     with pytest.raises(FomoInputError, match="test fraction"):
         split_test_set(ids, groups, strata, fraction)
+
+
+@pytest.mark.parametrize("fraction, n_subjects", [(0.25, (5, 6)), (0.5, (10, 11)), (0.75, (15, 16)), (1.0, (21, 21))])
+def test_a_share_of_the_subjects_is_kept_whole_and_stratified(fraction, n_subjects):
+    ids, groups, strata = task1_cases(second_sessions=5)
+    kept = subsample_subjects(ids, groups, strata, fraction, seed=0)
+    subject, label = dict(zip(ids, groups)), dict(zip(ids, strata))
+    kept_subjects = {subject[c] for c in kept}
+    assert n_subjects[0] <= len(kept_subjects) <= n_subjects[1]  # of 21
+    assert sorted(kept) == sorted(c for c in ids if subject[c] in kept_subjects)  # every session of a kept subject
+    assert {label[c] for c in kept} == {0, 1}
+    assert subsample_subjects(ids, groups, strata, fraction, seed=0) == kept
+
+
+def test_train_fraction_out_of_range():
+    ids, groups, strata = task1_cases()
+    with pytest.raises(FomoInputError, match="train fraction"):
+        subsample_subjects(ids, groups, strata, 0.0)

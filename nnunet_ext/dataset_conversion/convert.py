@@ -45,10 +45,11 @@ from nnunet_ext.dataset_conversion.splits import (
     make_splits,
     split_test_set,
     stratification_labels,
+    subsample_subjects,
 )
 from nnunet_ext.dataset_conversion.tasks import CLASSIFICATION, FOMO_KEY, POOL_TASK, SEGMENTATION, TaskSpec, get_task
 from nnunet_ext.errors import FomoInputError, cli_entry
-from nnunet_ext.utils.arguments import float_in, int_at_least, int_in, positive_float
+from nnunet_ext.utils.arguments import float_in, fraction, int_at_least, int_in, positive_float
 from nnunet_ext.utils.files import atomic_directory, atomic_write_json, check_writable_folder
 
 log = logging.getLogger(__name__)
@@ -226,23 +227,30 @@ def move_case(case_id: str, n_channels: int, source: Tuple[Path, Path], target: 
 
 
 def split_cases(cases: List[FomoCase], targets: Dict[str, float], task: TaskSpec, test_fraction: float,
-                seed: int, n_folds: int) -> Tuple[List[str], List[str], List[Dict[str, List[str]]]]:
-    """(train ids, test ids, folds of the train ids), all grouped by subject and stratified by target."""
+                seed: int, n_folds: int,
+                train_fraction: float = 1.0) -> Tuple[List[str], List[str], List[Dict[str, List[str]]]]:
+    """(train ids, test ids, folds of the train ids), all grouped by subject and stratified by target. With
+    ``train_fraction`` below 1, the train ids are that share of the subjects left after the test split (the test set
+    is the one of a full conversion with the same seed); the other cases are in neither list."""
     subject = {case.case_id: case.subject for case in cases}
     train = sorted(subject)
     test: List[str] = []
+
+    def strata_of(ids: List[str]) -> Tuple[List[str], np.ndarray]:
+        groups = [subject[c] for c in ids]
+        return groups, stratification_labels(task.task_type, [targets[c] for c in ids], groups, n_folds)
+
     if test_fraction > 0:
-        groups = [subject[c] for c in train]
-        strata = stratification_labels(task.task_type, [targets[c] for c in train], groups, n_folds)
-        train, test = split_test_set(train, groups, strata, test_fraction, seed)
-    groups = [subject[c] for c in train]
-    strata = stratification_labels(task.task_type, [targets[c] for c in train], groups, n_folds)
-    folds = make_splits(train, groups, strata, n_folds, seed)
+        train, test = split_test_set(train, *strata_of(train), test_fraction, seed)
+    if train_fraction < 1:
+        train = subsample_subjects(train, *strata_of(train), train_fraction, seed)
+    folds = make_splits(train, *strata_of(train), n_folds, seed)
     return train, test, folds
 
 
 def fomo_metadata(task: TaskSpec, layout: FomoLayout, cases: List[FomoCase], targets: Dict[str, float],
-                  test: List[str], missing: Dict[str, List[str]], strategy: str) -> dict:
+                  test: List[str], missing: Dict[str, List[str]], strategy: str, train_fraction: float = 1.0,
+                  left_out: int = 0) -> dict:
     """The ``fomo`` block of dataset.json (see docs/design.md)."""
     return {
         "task_id": task.task_id,
@@ -256,6 +264,8 @@ def fomo_metadata(task: TaskSpec, layout: FomoLayout, cases: List[FomoCase], tar
         "missing_modalities": missing,
         "missing_modality_strategy": strategy,
         "source": {"layout": layout.name, "input": str(layout.root)},
+        "train_fraction": train_fraction,
+        "left_out_cases": left_out,
     }
 
 
@@ -299,7 +309,8 @@ def summary(written: Dict[str, WrittenCase], test: List[str], channels: Sequence
 def convert_fomo_dataset(task_id: int, input_dir: os.PathLike | str, dataset_id: int, name: Optional[str] = None,
                          test_fraction: float = 0.0, seed: int = 0, overwrite: bool = False,
                          missing_modality: str = MISSING_ZEROS, nan_policy: str = NAN_ERROR,
-                         spacing: Optional[Sequence[float]] = None, n_folds: int = N_FOLDS) -> Path:
+                         spacing: Optional[Sequence[float]] = None, n_folds: int = N_FOLDS,
+                         train_fraction: float = 1.0) -> Path:
     """Convert one FOMO task folder into the nnU-Net raw dataset ``$nnUNet_raw/Dataset{dataset_id:03d}_{name}``.
 
     Parameters
@@ -314,6 +325,8 @@ def convert_fomo_dataset(task_id: int, input_dir: os.PathLike | str, dataset_id:
     nan_policy : ``error`` refuses NaN/Inf voxels, ``zero`` replaces them by 0.
     spacing : voxel spacing (X, Y, Z) of .npy arrays, instead of their .pkl.
     n_folds : number of cross-validation folds in splits_final.json.
+    train_fraction : share of the subjects outside the test set kept for training (1: all); the others are left out
+        of the dataset, so that a label-efficiency run is scored on the test set of the full conversion.
 
     Returns the dataset folder.
     """
@@ -339,18 +352,29 @@ def convert_fomo_dataset(task_id: int, input_dir: os.PathLike | str, dataset_id:
                    for case in tqdm(cases, desc="converting cases")}
         if segmentation:
             targets = {case_id: w.lesion_volume_ml for case_id, w in written.items()}
-        train, test, folds = split_cases(cases, targets, task, test_fraction, seed, n_folds)
+        train, test, folds = split_cases(cases, targets, task, test_fraction, seed, n_folds, train_fraction)
         for case_id in test:
             move_case(case_id, len(channels), folders["Tr"], folders["Ts"])
+        # (--train-fraction) written first all the same: Task 2's strata are the lesion volumes measured on writing
+        left_out = set(written) - set(train) - set(test)
+        for case_id in left_out:
+            for path in case_files(case_id, len(channels), *folders["Tr"]):
+                path.unlink()
+        cases = [case for case in cases if case.case_id not in left_out]
+        targets, written, missing = ({case_id: value for case_id, value in by_case.items() if case_id not in left_out}
+                                     for by_case in (targets, written, missing))
         label_name = task.target_name if task.task_type == SEGMENTATION else BRAIN_LABEL
         generate_dataset_json(
             str(tmp), dict(enumerate(channels)), {"background": 0, label_name: 1}, len(train), FILE_ENDING,
             dataset_name=output.name, description=f"FOMO25 task {task.task_id} ({task.target_name})",
             converted_by="fomo_convert",
-            **{FOMO_KEY: fomo_metadata(task, layout, cases, targets, test, missing, missing_modality)},
+            **{FOMO_KEY: fomo_metadata(task, layout, cases, targets, test, missing, missing_modality, train_fraction,
+                                       len(left_out))},
         )
         atomic_write_json(tmp / SPLITS_FILE, folds)
     log.info("wrote %s\n%s", output, summary(written, test, channels, targets, task))
+    if left_out:
+        log.info("left out: %d case(s) of the training subjects (--train-fraction %g)", len(left_out), train_fraction)
     return output
 
 
@@ -366,7 +390,7 @@ def task_choice(text: str) -> int | str:
 
 #: Options of the task conversion that an unlabelled pool has no use for (each would be silently ignored).
 _TASK_ONLY_OPTIONS = {"test_fraction": "--test-fraction", "missing_modality": "--missing-modality",
-                      "spacing": "--spacing"}
+                      "spacing": "--spacing", "train_fraction": "--train-fraction"}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -388,6 +412,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--test-fraction", type=float_in(0.0, MAX_TEST_FRACTION), default=0.0,
                         help=f"share of subjects held out as imagesTs/labelsTs, in [0, {MAX_TEST_FRACTION}], "
                              "stratified and grouped like the folds (default: %(default)s, no test set)")
+    parser.add_argument("--train-fraction", type=fraction, default=None,
+                        help="share of the subjects outside the test set kept for training and the folds, "
+                             "stratified and grouped like them; the others are left out of the dataset, and the "
+                             "test set stays that of the full conversion with the same seed (label-efficiency "
+                             "runs; default: 1, all)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the test split and the folds (default: %(default)s)")
     parser.add_argument("--folds", type=int_at_least(MIN_FOLDS), default=N_FOLDS,
                         help=f"number of cross-validation folds, at least {MIN_FOLDS} (default: %(default)s)")
@@ -414,5 +443,6 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return 0
     convert_fomo_dataset(args.task, args.input, args.dataset_id, args.name, args.test_fraction, args.seed,
                          args.overwrite, args.missing_modality or MISSING_ZEROS,
-                         NAN_ZERO if args.nan_to_zero else NAN_ERROR, args.spacing, args.folds)
+                         NAN_ZERO if args.nan_to_zero else NAN_ERROR, args.spacing, args.folds,
+                         1.0 if args.train_fraction is None else args.train_fraction)
     return 0

@@ -1,4 +1,5 @@
-"""Seeded, stratified, subject-grouped splits: a held-out test set and nnU-Net's cross-validation folds.
+"""Seeded, stratified, subject-grouped splits: a held-out test set, nnU-Net's cross-validation folds, and the
+subjects kept for training when a label-efficiency run uses only a share of them.
 
 Grouping by subject keeps every session of a subject on one side of a split (scikit-learn's
 ``StratifiedGroupKFold``); stratification balances the target across folds: the class (Task 1),
@@ -111,3 +112,24 @@ def split_test_set(case_ids: Sequence[str], groups: Sequence[str], strata: Seque
     ids = np.asarray(case_ids)
     train, test = _grouped_folds(groups, strata, round(1 / test_fraction), seed)[0]
     return sorted(ids[train].tolist()), sorted(ids[test].tolist())
+
+
+def subsample_subjects(case_ids: Sequence[str], groups: Sequence[str], strata: Sequence[int], fraction: float,
+                       seed: int = 0) -> List[str]:
+    """The cases of about ``fraction`` of the subjects, grouped and stratified like the folds: fewer labelled subjects
+    for a label-efficiency run on an unchanged test set.
+
+    As in :func:`split_test_set`, the kept subjects are one part of a ``round(1 / fraction)``-fold grouped split
+    (0.25 -> a quarter, 0.5 -> half); above one half they are all parts but one of a ``round(1 / (1 - fraction))``-fold
+    split (0.75 -> three quarters). 1 keeps every case.
+    """
+    if not 0 < fraction <= 1:
+        raise FomoInputError(f"train fraction must be in (0, 1], got {fraction}")
+    ids = np.asarray(case_ids)
+    if fraction == 1:
+        return sorted(ids.tolist())
+    if fraction <= 0.5:
+        _, kept = _grouped_folds(groups, strata, round(1 / fraction), seed)[0]
+    else:
+        kept, _ = _grouped_folds(groups, strata, round(1 / (1 - fraction)), seed)[0]
+    return sorted(ids[kept].tolist())

@@ -68,6 +68,14 @@ def float_in(low: float, high: float) -> Callable[[str], float]:
     return parse
 
 
+def fraction(text: str) -> float:
+    """A share in (0, 1]: more than nothing, at most all."""
+    value = _finite_float(text)
+    if not 0 < value <= 1:
+        raise argparse.ArgumentTypeError(f"must be in (0, 1], got {value:g}")
+    return value
+
+
 def fold(text: str) -> Union[int, str]:
     """A cross-validation fold as nnU-Net takes it: a non-negative integer or ``all``."""
     if text == ALL_FOLDS:
