@@ -115,6 +115,7 @@ def train_fraction_of(run: Path, task: int) -> float:
     found = sorted((run / "nnUNet_raw").glob(f"Dataset{DEMO_DATASET_IDS[task]:03d}_*/dataset.json"))
     if not found:
         raise FomoInputError(f"task {task}: no converted dataset in this run", run / "nnUNet_raw")
+    # a conversion made before --train-fraction existed kept every subject
     return json.loads(found[0].read_text())[FOMO_KEY].get("train_fraction", 1.0)
 
 
