@@ -6,7 +6,8 @@
 #
 #   benchmarks/gpu_check.sh [--device cuda|cpu] [--quick] [--tasks N ...] [OUT]   (OUT: gpu_check_output)
 #
-# --device cpu --quick is the smoke run a test makes on machines without a GPU. Needs .venv/ (scripts/setup_env.sh).
+# --device cpu --quick is the smoke run a test makes on machines without a GPU. PYTHON (default .venv/bin/python)
+# names the interpreter: python3 on a lent machine, through benchmarks/with_gpu_bundle.sh.
 # On a lent GPU, one call per task (--tasks 1, then 2, then 3) keeps each call within 8 minutes. On cuda it first
 # checks that torch sees the GPU (a pip-resolved torch may need a newer NVIDIA driver than the machine has).
 set -euo pipefail
@@ -21,15 +22,15 @@ while [[ $# -gt 0 ]]; do
         --device) device="$2"; shift 2 ;;
         --quick) options+=(--quick); shift ;;
         --tasks) shift; while [[ $# -gt 0 && "$1" =~ ^[0-9]+$ ]]; do tasks+=("$1"); shift; done ;;
-        -h|--help) sed -n '2,11p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+        -h|--help) sed -n '2,12p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
         --*) echo "gpu_check.sh: unknown option $1 (see --help)" >&2; exit 2 ;;
         *) out="$1"; shift ;;
     esac
 done
 [[ ${#tasks[@]} -gt 0 ]] && options+=(--tasks "${tasks[@]}")
-python=.venv/bin/python
-if [[ ! -x "$python" ]]; then
-    echo "gpu_check.sh: no .venv/ here; run bash scripts/setup_env.sh first" >&2
+python="${PYTHON:-.venv/bin/python}"
+if ! command -v "$python" >/dev/null; then
+    echo "gpu_check.sh: no interpreter $python; run bash scripts/setup_env.sh first or set PYTHON" >&2
     exit 2
 fi
 if [[ "$device" == cuda ]]; then

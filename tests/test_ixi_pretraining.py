@@ -2,7 +2,8 @@
 
 The whole run takes the real data and an hour of CPU (``--quick``: minutes); these tests check its parts on small
 inputs: a paired bootstrap must see a constant per-subject improvement as exactly that (an unpaired one would not),
-the pretraining pool links every subject of each source once, and bad settings are refused before anything runs.
+the pretraining pool links every subject of each source once, bad settings are refused before anything runs,
+and ``benchmarks/gpu_pretraining.sh`` (run on a lent GPU only) calls it with settings it accepts.
 """
 
 from __future__ import annotations
@@ -108,3 +109,35 @@ def test_rescore_pairs_each_arm_with_scratch_and_each_probe_with_the_random_enco
     assert paired["linear probe, pool - random encoder"]["value"] == pytest.approx(-5.0)
     assert "| linear probe, pool - random encoder | -5.00 [-5.00, -5.00] | yes |" in \
         (tmp_path / "ixi_pretraining.md").read_text()
+
+
+def gpu_script_command(tmp_path: Path, *script_args: str) -> list:
+    """The benchmark command line that ``benchmarks/gpu_pretraining.sh`` runs, recorded by a stand-in interpreter."""
+    recorded = tmp_path / "argv.txt"
+    interpreter = tmp_path / "python"
+    interpreter.write_text(f'#!/usr/bin/env bash\nprintf "%s\\n" "$@" > {recorded}\n')
+    interpreter.chmod(0o755)
+    done = subprocess.run(["bash", str(REPO / "benchmarks" / "gpu_pretraining.sh"), *script_args],
+                          capture_output=True, text=True, env={"PATH": "/usr/bin:/bin", "PYTHON": str(interpreter)})
+    assert done.returncode == 0, done.stderr
+    return recorded.read_text().splitlines()
+
+
+def test_the_gpu_script_runs_the_benchmark_with_settings_it_accepts(tmp_path: Path):
+    """The script is run on a lent GPU only: a renamed or retyped option of the benchmark must fail here, not
+    there. Its settings are the issue's: 1 mm, the real UNet-B width, the pool and the IXI images, one fold."""
+    script, *argv = gpu_script_command(tmp_path, "--device", "cpu", str(tmp_path / "out"))
+    assert script == "benchmarks/ixi_pretraining.py"
+    settings = ixi_pretraining.settings_from_args(ixi_pretraining.build_parser().parse_args(argv))
+    assert (settings.device, settings.spacing, settings.starting_filters) == ("cpu", 1.0, 32)
+    assert settings.sources == ("pool_ixi",) and settings.folds == (0,) and not settings.probes
+    assert settings.pretrain_patch_size == (96, 96, 96)
+    assert settings.finetune_trainers == ("FomoRegressionTrainer",)
+    assert settings.out == (tmp_path / "out").resolve()
+    assert "--quick" in gpu_script_command(tmp_path, "--device", "cpu", "--quick")
+
+
+def test_the_gpu_script_refuses_an_unknown_option():
+    done = subprocess.run(["bash", str(REPO / "benchmarks" / "gpu_pretraining.sh"), "--folds", "1"],
+                          capture_output=True, text=True)
+    assert done.returncode == 2 and "unknown option --folds" in done.stderr
