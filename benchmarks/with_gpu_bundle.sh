@@ -25,7 +25,8 @@ if [[ $# -eq 0 ]]; then
     exit 2
 fi
 bundle="$into/gpu_bundle"
-if [[ ! -d "$bundle/site" ]]; then
+if [[ ! -f "$bundle/.unpacked" ]]; then  # an unpacking cut short (a call's time limit) starts again
+    rm -rf "$bundle"
     if ! compgen -G "$parts/part_*" >/dev/null; then
         echo "with_gpu_bundle.sh: no parts in $parts: carry each part of benchmarks/gpu_bundle.sh's output" >&2
         exit 2
@@ -39,9 +40,13 @@ if [[ ! -d "$bundle/site" ]]; then
     if [[ -d "$bundle/data" ]]; then
         find "$bundle/data" -name '*.nii' -print0 | xargs -0 -r -P "$(nproc)" -n 8 gzip -1 -n
     fi
+    touch "$bundle/.unpacked"
 fi
 export PYTHONPATH="$bundle/site:$PWD${PYTHONPATH:+:$PYTHONPATH}"
 export PYTHON="${PYTHON:-python3}"
-"$PYTHON" -c "import SimpleITK, nibabel, blosc2, nnunetv2, dynamic_network_architectures, batchgeneratorsv2
-import nnunet_ext.trainers" || { echo "with_gpu_bundle.sh: the bundle's packages do not import with $PYTHON" >&2; exit 2; }
+if ! "$PYTHON" -c "import SimpleITK, nibabel, blosc2, nnunetv2, dynamic_network_architectures, batchgeneratorsv2
+import nnunet_ext.trainers"; then
+    echo "with_gpu_bundle.sh: the bundle's packages do not import with $PYTHON" >&2
+    exit 2
+fi
 exec "$@"

@@ -56,6 +56,9 @@ def test_the_parts_are_unpacked_once_and_the_command_imports_the_bundled_package
     for part in (tmp_path / "parts").iterdir():  # unpacked already: the parts are not read again
         part.unlink()
     assert run_with_bundle(tmp_path / "parts", into, "true").returncode == 0
+    (into / "gpu_bundle" / ".unpacked").unlink()  # as if the first call's time limit cut the unpacking short
+    assert run_with_bundle(tmp_path / "parts", into, "true").returncode == 2  # unpacked again: the parts are asked for
+    assert not (into / "gpu_bundle").exists()
 
 
 def test_a_missing_part_is_said_in_one_line_and_nothing_is_left_half_unpacked(tmp_path: Path):
