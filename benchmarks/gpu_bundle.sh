@@ -74,9 +74,12 @@ if $data; then
     # xz packs the images a fifth smaller than their gzip does: one part fewer; with_gpu_bundle.sh gzips them again
     find "$work/gpu_bundle/data" -name '*.nii.gz' -exec gunzip {} +
 fi
+mkdir "$work/parts"
+tar -C "$work" -cf - gpu_bundle | xz -6 -T0 | split -b "$PART_SIZE" - "$work/parts/part_"
+# the parts replace an earlier bundle's only when all are made: an interrupted run leaves no partial set behind
 mkdir -p "$out"
-rm -f "$out"/part_*  # an earlier bundle's
-tar -C "$work" -cf - gpu_bundle | xz -6 -T0 | split -b "$PART_SIZE" - "$out/part_"
+rm -f "$out"/part_*
+mv "$work"/parts/part_* "$out/"
 parts=("$out"/part_*)
 contents="Python $python_version packages"
 $data && contents+=" and ../shared/data"
